@@ -1,0 +1,422 @@
+/**
+ * `open()` and the `Bucket`: the one place that wires the store, NATS, the relay and the
+ * worker engine together.
+ */
+import { randomUUID } from "node:crypto";
+import { checkIdentity, checkName, encodeCache } from "./codec.js";
+import { ClosedError, ConfigError, LeaseLostError } from "./errors.js";
+import { resolveOptions, type OpenOptions, type ResolvedOptions } from "./options.js";
+import { Registry, type KindEntry, type KindOptions } from "./registry.js";
+import type { DrizzleExecutor, Materializer, MaterializerClass, MatterView } from "./types.js";
+import {
+  applyMigrations,
+  checkSchemaVersion,
+  claimKeys,
+  enqueueMatters,
+  finishRuns,
+  holdLease,
+  nextOutboxInMs,
+  nextRelayInMs,
+  notifyMatters,
+  openDatabase,
+  readMatter,
+  listMatters,
+  reapDeadWorkers,
+  registerWorker,
+  relayOutbox,
+  sweepMatters,
+  takeAndClaim,
+  touchMatters,
+  type Database,
+  type DatabaseInput,
+  type MatterRow,
+  type NotifyItem,
+  type TouchItem,
+} from "./store/index.js";
+import { openTokens, type NatsInput, type Tokens } from "./nats/index.js";
+import { Engine, runKind, type EngineStats, type RunEndEvent } from "./worker/engine.js";
+import { createOutboxSource, createTokenSource, type WakeableSource } from "./worker/sources.js";
+import type { ContextDeps } from "./worker/context.js";
+import { startRelay, type Relay } from "./relay/relay.js";
+
+/** Options of `stream.work()`. */
+export interface WorkOptions {
+  /** Most runs of this kind at once in this process. Defaults to 16. */
+  concurrency?: number;
+  /** Stops this stream (in-flight runs finish first) when aborted. */
+  signal?: AbortSignal;
+}
+
+/** Options of `notify` and `touch`. */
+export interface WriteOptions {
+  /**
+   * A Drizzle transaction (or database) of the app, on postgres.js: the notify commits or rolls
+   * back with it. Defaults to dmm's own connection (autocommit).
+   */
+  tx?: DrizzleExecutor;
+}
+
+/** A registered kind: where its workers are started. */
+export interface WorkStream<M extends Materializer = Materializer> {
+  readonly kind: string;
+  readonly cls: MaterializerClass<M>;
+  /**
+   * Works this kind until the bucket closes or `signal` aborts: claims matters that need a run,
+   * runs them (at most `concurrency` at once) and finishes them. Resolves when stopped and its
+   * runs have settled.
+   */
+  work(options?: WorkOptions): Promise<void>;
+}
+
+/** One `open(namespace)`: its own rows, its own NATS stream, its kinds. */
+export interface Bucket {
+  readonly namespace: string;
+  /** "nats" when tokens travel over JetStream, "postgres" for Postgres-only dispatch. */
+  readonly dispatch: "nats" | "postgres";
+  /** Declares a kind and the class that materializes it. */
+  register<M extends Materializer>(kind: string, cls: MaterializerClass<M>, options?: KindOptions): WorkStream<M>;
+  /**
+   * Replaces the cache of each instance with its own fields and requests a run. With
+   * `{ tx }`, commits or rolls back with the app's transaction. Accepts one instance or an
+   * array (one statement for all).
+   */
+  notify(instance: Materializer | Materializer[], options?: WriteOptions): Promise<void>;
+  /** Requests a run of `identity`, keeping its cache (a new matter starts with `{}`). */
+  touch(cls: MaterializerClass, identity: string, options?: WriteOptions): Promise<void>;
+  /** The matter's cache and status, or undefined when it was never notified. */
+  matter<M extends Materializer>(cls: MaterializerClass<M>, identity: string): Promise<MatterView<M> | undefined>;
+  /** Every matter of the bucket (optionally one kind), for status pages; at most `limit` (1000). */
+  matters(options?: { kind?: string; limit?: number }): Promise<MatterView[]>;
+  /** Counters of this process's worker: runs, successes, failures, sweeps. */
+  stats(): EngineStats;
+  /**
+   * Stops every stream, waits up to `shutdownGraceMs` for runs in flight (then aborts them and
+   * releases their leases), and disconnects. Safe to call twice and from a signal handler.
+   */
+  close(): Promise<void>;
+}
+
+/** Test and benchmark hooks; not part of the stable API. @internal */
+export interface BucketInternals {
+  readonly db: Database;
+  readonly tokens: Tokens | null;
+  readonly options: ResolvedOptions;
+  onRunEnd?: (event: RunEndEvent) => void;
+  /** Relays every available outbox row now (NATS dispatch only). */
+  relayNow(): Promise<number>;
+  /** Runs one sweep pass now. */
+  sweepNow(): Promise<number>;
+  workerId(): string | null;
+}
+
+/**
+ * Opens a bucket on `namespace` (`[a-z0-9_-]{1,64}`). Checks that the database's dmm schema
+ * matches this version (or applies it with `{ migrate: true }`), and with `nats` set makes sure
+ * the bucket's JetStream stream exists.
+ */
+export async function open(namespace: string, options: OpenOptions): Promise<Bucket> {
+  checkName("namespace", namespace);
+  const opts = resolveOptions(namespace, options);
+  const db = openDatabase(opts.database as DatabaseInput, { poolSize: opts.poolSize, applicationName: `dmm:${namespace}` });
+  let tokens: Tokens | null = null;
+  try {
+    if (opts.migrate) await applyMigrations(db.client);
+    await checkSchemaVersion(db.client);
+    if (opts.nats !== undefined && opts.nats !== null && opts.nats !== "") {
+      tokens = await openTokens(opts.nats as NatsInput, namespace, {
+        ackWaitMs: Math.max(opts.leaseMs, 5_000),
+        duplicateWindowMs: 120_000,
+      });
+      await tokens.ensureStream();
+    }
+  } catch (err) {
+    await tokens?.close().catch(() => {});
+    await db.close().catch(() => {});
+    throw err;
+  }
+  return new BucketImpl(opts, db, tokens);
+}
+
+/**
+ * Applies dmm's migrations to a database (URL, postgres.js client or Drizzle database); safe
+ * to run from many processes at once. Returns how many migrations were applied.
+ */
+export async function migrate(database: unknown): Promise<{ applied: number }> {
+  if (database === undefined || database === null || database === "") {
+    throw new ConfigError("migrate(database) needs a postgres:// URL, a postgres.js client or a Drizzle database.");
+  }
+  const db = openDatabase(database as DatabaseInput, { poolSize: 2, applicationName: "dmm:migrate" });
+  try {
+    return await applyMigrations(db.client);
+  } finally {
+    await db.close();
+  }
+}
+
+class BucketImpl implements Bucket, BucketInternals {
+  readonly registry = new Registry();
+  readonly namespace: string;
+  readonly dispatch: "nats" | "postgres";
+  onRunEnd?: (event: RunEndEvent) => void;
+  readonly #stop = new AbortController();
+  readonly #sources = new Map<string, Set<WakeableSource>>();
+  readonly #works = new Set<Promise<void>>();
+  #engine: Engine | null = null;
+  #engineStarting: Promise<Engine> | null = null;
+  #relay: Relay | null = null;
+  #unlisten: (() => Promise<void>) | null = null;
+  #closing: Promise<void> | null = null;
+
+  constructor(
+    readonly options: ResolvedOptions,
+    readonly db: Database,
+    readonly tokens: Tokens | null,
+  ) {
+    this.namespace = options.namespace;
+    this.dispatch = tokens ? "nats" : "postgres";
+  }
+
+  register<M extends Materializer>(kind: string, cls: MaterializerClass<M>, options?: KindOptions): WorkStream<M> {
+    this.#open();
+    const entry = this.registry.add(kind, cls as MaterializerClass, options);
+    return {
+      kind,
+      cls,
+      work: (workOptions) => this.#work(entry, workOptions),
+    };
+  }
+
+  async notify(instance: Materializer | Materializer[], options?: WriteOptions): Promise<void> {
+    this.#open();
+    const list = Array.isArray(instance) ? instance : [instance];
+    const items = list.map((i) => this.#prepareNotify(i));
+    await notifyMatters(this.#executor(options), this.namespace, items);
+  }
+
+  async touch(cls: MaterializerClass, identity: string, options?: WriteOptions): Promise<void> {
+    this.#open();
+    await touchMatters(this.#executor(options), this.namespace, [this.#prepareTouch(cls, identity)]);
+  }
+
+  async matter<M extends Materializer>(cls: MaterializerClass<M>, identity: string): Promise<MatterView<M> | undefined> {
+    this.#open();
+    const entry = this.registry.classEntry(cls);
+    checkIdentity(entry.kind, identity);
+    const row = await readMatter(this.db.db, this.namespace, entry.kind, identity);
+    return row ? (toView(row) as MatterView<M>) : undefined;
+  }
+
+  async matters(options: { kind?: string; limit?: number } = {}): Promise<MatterView[]> {
+    this.#open();
+    if (options.kind !== undefined) checkName("kind", options.kind);
+    return (await listMatters(this.db.db, this.namespace, options)).map(toView);
+  }
+
+  stats(): EngineStats {
+    return { ...(this.#engine?.stats ?? { runs: 0, succeeded: 0, failed: 0, parked: 0, leaseLost: 0, swept: 0, reapedWorkers: 0 }) };
+  }
+
+  workerId(): string | null {
+    return this.#engine?.workerId ?? null;
+  }
+
+  async relayNow(): Promise<number> {
+    if (!this.tokens) return 0;
+    let total = 0;
+    for (;;) {
+      const r = await this.#relayOnce();
+      total += r.dispatched;
+      if (r.taken < this.options.relayBatchSize) return total;
+    }
+  }
+
+  sweepNow(): Promise<number> {
+    return sweepMatters(this.db.db, this.namespace, 0, 10_000);
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#stop.abort(new ClosedError(`The bucket "${this.namespace}" is closed.`));
+    const engine = this.#engine ?? (await this.#engineStarting?.catch(() => null)) ?? null;
+    await engine?.stop();
+    await Promise.allSettled([...this.#works]);
+    await this.#relay?.stop();
+    await this.#unlisten?.().catch(() => {});
+    await this.tokens?.close().catch(() => {});
+    await this.db.close();
+  }
+
+  #open(): void {
+    if (this.#stop.signal.aborted) {
+      throw new ClosedError(`The bucket "${this.namespace}" is closed; open() a new one to continue.`);
+    }
+  }
+
+  #executor(options?: WriteOptions): DrizzleExecutor {
+    const tx = options?.tx;
+    if (tx === undefined) return this.db.db;
+    if (!tx || typeof (tx as DrizzleExecutor).execute !== "function") {
+      throw new ConfigError("The tx option must be a Drizzle transaction or database (something with execute()) on postgres.js.");
+    }
+    return tx;
+  }
+
+  #prepareNotify(instance: Materializer): NotifyItem {
+    const entry = this.registry.instanceEntry(instance);
+    const identity = checkIdentity(entry.kind, callIdentity(entry, instance));
+    return { kind: entry.kind, identity, cache: encodeCache(entry.kind, identity, instance, this.options.maxCacheBytes) };
+  }
+
+  #prepareTouch(cls: MaterializerClass, identity: string): TouchItem {
+    const entry = this.registry.classEntry(cls);
+    return { kind: entry.kind, identity: checkIdentity(entry.kind, identity) };
+  }
+
+  async #work(entry: KindEntry, workOptions: WorkOptions = {}): Promise<void> {
+    this.#open();
+    const concurrency = workOptions.concurrency ?? 16;
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) {
+      throw new ConfigError(`work({ concurrency }) needs a whole number from 1 to 10000; got ${String(workOptions.concurrency)}.`);
+    }
+    const engine = await this.#startEngine();
+    if (this.tokens) await this.tokens.ensureConsumer(entry.kind);
+    const signal = workOptions.signal ? AbortSignal.any([workOptions.signal, this.#stop.signal]) : this.#stop.signal;
+    const source = this.#source(entry, engine);
+    let set = this.#sources.get(entry.kind);
+    if (!set) this.#sources.set(entry.kind, (set = new Set()));
+    set.add(source);
+    const log = this.options.logger.child({ namespace: this.namespace });
+    const p = runKind(engine, entry, source, concurrency, signal, log).finally(() => {
+      set.delete(source);
+      this.#works.delete(p);
+    });
+    this.#works.add(p);
+    return p;
+  }
+
+  #source(entry: KindEntry, engine: Engine): WakeableSource {
+    const { namespace, options } = this;
+    if (this.tokens) {
+      const tokens = this.tokens;
+      return createTokenSource({
+        kind: entry.kind,
+        log: options.logger,
+        expiresMs: Math.max(1_000, options.pollIntervalMs * 5),
+        fetch: (max, expiresMs, signal) =>
+          tokens.fetch(entry.kind, max, expiresMs, (subject) => options.logger.warn("tokens:garbage", { subject }), signal),
+        claim: async (keys) => claimKeys(this.db.db, namespace, await engine.owner(), options.leaseMs, keys),
+      });
+    }
+    return createOutboxSource({
+      pollIntervalMs: options.pollIntervalMs,
+      takeAndClaim: async (max) => takeAndClaim(this.db.db, namespace, await engine.owner(), options.leaseMs, [entry.kind], max),
+      nextInMs: () => nextOutboxInMs(this.db.db, namespace, [entry.kind]),
+    });
+  }
+
+  #relayOnce() {
+    const tokens = this.tokens!;
+    return relayOutbox(this.db.db, this.namespace, this.options.relayBatchSize, async (batch) => {
+      const { results, errors } = await tokens.publish(
+        batch.map((r) => ({ kind: r.kind, identity: r.identity, msgId: `${this.namespace}:${r.id}` })),
+      );
+      if (errors.length > 0) this.options.logger.warn("relay:publish:error", { failed: errors.length, err: String((errors[0] as Error)?.message ?? errors[0]) });
+      return results;
+    });
+  }
+
+  #startEngine(): Promise<Engine> {
+    if (this.#engine) return Promise.resolve(this.#engine);
+    this.#engineStarting ??= (async () => {
+      const { namespace, options } = this;
+      const log = options.logger.child({ namespace });
+      const db = this.db.db;
+      const context: ContextDeps = {
+        prepareNotify: (instance) => this.#prepareNotify(instance),
+        prepareTouch: (cls, identity) => this.#prepareTouch(cls, identity),
+        readMatter: (cls, identity) => this.matter(cls, identity),
+        fencedTransaction: (lease, fn) =>
+          db.transaction(async (tx) => {
+            if (!(await holdLease(tx, namespace, lease))) {
+              throw new LeaseLostError(
+                `ctx.transaction refused: this run of ${lease.kind} ${JSON.stringify(lease.identity)} no longer holds its lease, so its writes must not commit.`,
+              );
+            }
+            return fn(tx);
+          }),
+      };
+      const engine = new Engine({
+        log,
+        workerId: randomUUID(),
+        leaseMs: options.leaseMs,
+        heartbeatMs: options.heartbeatMs,
+        sweepIntervalMs: options.sweepIntervalMs,
+        deadWorkerCheckMs: options.deadWorkerCheckMs,
+        shutdownGraceMs: options.shutdownGraceMs,
+        openSession: () => registerWorker(this.db.client, namespace, randomUUID()),
+        finish: (items) => finishRuns(db, namespace, items),
+        enqueue: (keys) => enqueueMatters(db, namespace, keys),
+        sweep: () => sweepMatters(db, namespace, options.sweepIntervalMs, 1_000),
+        reap: () => reapDeadWorkers(db, namespace),
+        encodeCache: (kind, identity, instance) => encodeCache(kind, identity, instance, options.maxCacheBytes),
+        context,
+        onRunEnd: (event) => this.onRunEnd?.(event),
+      });
+      await engine.start();
+      const listener = await this.db.client.listen("dmm_outbox", (payload) => this.#onOutbox(payload));
+      this.#unlisten = () => listener.unlisten();
+      if (this.tokens) {
+        this.#relay = startRelay({
+          log,
+          batchSize: options.relayBatchSize,
+          pollIntervalMs: options.pollIntervalMs,
+          relayOnce: () => this.#relayOnce(),
+          nextInMs: () => nextRelayInMs(db, namespace),
+        });
+      }
+      this.#engine = engine;
+      return engine;
+    })();
+    return this.#engineStarting;
+  }
+
+  #onOutbox(payload: string): void {
+    const colon = payload.indexOf(":");
+    if (payload.slice(0, colon) !== this.namespace) return;
+    if (this.#relay) {
+      this.#relay.wake();
+      return;
+    }
+    for (const source of this.#sources.get(payload.slice(colon + 1)) ?? []) source.wake();
+  }
+}
+
+function callIdentity(entry: KindEntry, instance: Materializer): string {
+  if (typeof instance.identity !== "function") {
+    throw new ConfigError(`The ${entry.kind} instance has no identity() method.`);
+  }
+  return instance.identity();
+}
+
+function toView(row: MatterRow): MatterView {
+  return {
+    kind: row.kind,
+    identity: row.identity,
+    cache: row.cache,
+    generation: row.generation,
+    observedGeneration: row.observedGeneration,
+    attempts: row.attempts,
+    lastError: row.lastError,
+    dueAt: row.dueAt,
+    state: row.state,
+    leaseOwner: row.leaseOwner,
+    leaseEpoch: row.leaseEpoch,
+    leaseUntil: row.leaseUntil,
+    createdAt: row.createdAt,
+    updatedAt: row.updatedAt,
+  };
+}

@@ -1,0 +1,91 @@
+/**
+ * The relay: moves outbox rows onto NATS as tokens. Wakes on LISTEN, polls as a backstop, and
+ * keeps going while batches come back full. Its I/O is injected.
+ */
+import { coerceError } from "../errors.js";
+import type { Logger } from "../types.js";
+import { sleep, untilAborted } from "../async.js";
+
+/** Injected I/O of the relay. */
+export interface RelayDeps {
+  log: Logger;
+  batchSize: number;
+  pollIntervalMs: number;
+  /** One take-publish-delete round; returns how many rows it took. */
+  relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number }>;
+  /** When the next outbox row becomes available, in ms; null if none. */
+  nextInMs(): Promise<number | null>;
+}
+
+/** A running relay. */
+export interface Relay {
+  /** Nudge: new outbox rows were committed. */
+  wake(): void;
+  /** Relays until the outbox has nothing available; for tests and one-shot tools. */
+  drainOnce(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+/** Starts the relay loop. */
+export function startRelay(deps: RelayDeps): Relay {
+  const stopper = new AbortController();
+  let notified = false;
+  let waiter: (() => void) | null = null;
+  const wake = () => {
+    notified = true;
+    const w = waiter;
+    waiter = null;
+    w?.();
+  };
+  const loop = (async () => {
+    let failures = 0;
+    while (!stopper.signal.aborted) {
+      notified = false;
+      let taken = 0;
+      try {
+        taken = (await deps.relayOnce()).taken;
+        if (failures > 0) deps.log.info("relay:recovered", { afterFailures: failures });
+        failures = 0;
+      } catch (err) {
+        failures++;
+        const delay = Math.min(5_000, 50 * 2 ** Math.min(failures, 7));
+        if (failures === 1 || failures % 20 === 0) deps.log.warn("relay:error", { retryInMs: delay, err: coerceError(err).message });
+        await untilAborted(sleep(delay), stopper.signal);
+        continue;
+      }
+      if (taken >= deps.batchSize || notified) continue;
+      const next = await deps.nextInMs().catch(() => null);
+      if (notified) continue;
+      const wait = next === null ? deps.pollIntervalMs : Math.min(deps.pollIntervalMs, Math.max(1, next));
+      await untilAborted(
+        new Promise<void>((resolve) => {
+          const t = setTimeout(() => {
+            waiter = null;
+            resolve();
+          }, wait);
+          waiter = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        }),
+        stopper.signal,
+      );
+    }
+  })();
+  return {
+    wake,
+    async drainOnce() {
+      let total = 0;
+      for (;;) {
+        const r = await deps.relayOnce();
+        total += r.dispatched;
+        if (r.taken < deps.batchSize) return total;
+      }
+    },
+    async stop() {
+      stopper.abort();
+      wake();
+      await loop;
+    },
+  };
+}

@@ -1,0 +1,91 @@
+/**
+ * dmm's tables, in their own Postgres schema `dmm` so that an app's `drizzle-kit push` and
+ * `generate` never touch them. Apps import these from `dmm/schema` for typed reads and joins;
+ * they must not re-export them from the schema files their own drizzle.config.ts reads.
+ */
+import { sql } from "drizzle-orm";
+import { bigint, boolean, index, integer, jsonb, pgSchema, primaryKey, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
+
+/** The Postgres schema that holds every dmm table, function and trigger. */
+export const dmmSchema = pgSchema("dmm");
+
+/**
+ * One row per (namespace, kind, identity): the cache plus bookkeeping. Hot columns that change
+ * on every claim and finish (lease_*, cache, attempts, observed_generation) are not indexed,
+ * so those updates stay HOT; the table is created with fillfactor 70 for the same reason.
+ */
+export const dmmMatter = dmmSchema.table(
+  "dmm_matter",
+  {
+    namespace: text("namespace").notNull(),
+    kind: text("kind").notNull(),
+    identity: text("identity").notNull(),
+    /** The materializer's own fields as last saved (by a notify or a successful run). */
+    cache: jsonb("cache").notNull().default(sql`'{}'::jsonb`),
+    /** Bumped by every notify and touch; a run is wanted while it exceeds observed_generation. */
+    generation: bigint("generation", { mode: "number" }).notNull().default(1),
+    /** The generation the last successful (or parked) run started from. */
+    observedGeneration: bigint("observed_generation", { mode: "number" }).notNull().default(0),
+    /** Failed runs since the last success; drives the backoff. */
+    attempts: integer("attempts").notNull().default(0),
+    lastError: text("last_error"),
+    /** Set when a run threw TerminalError; cleared by the next notify or touch. */
+    parked: boolean("parked").notNull().default(false),
+    /** Next scheduled run (retry, requeue, resync); a dirty matter with a future due_at waits. */
+    dueAt: timestamp("due_at", { withTimezone: true, mode: "date" }),
+    /** Why the scheduled run at due_at happens: retry, requeue or resync. */
+    dueReason: text("due_reason"),
+    /** The worker holding the lease, or null. */
+    leaseOwner: text("lease_owner"),
+    /** Fencing epoch: bumped by every claim; every later write of the run checks it. */
+    leaseEpoch: bigint("lease_epoch", { mode: "number" }).notNull().default(0),
+    leaseUntil: timestamp("lease_until", { withTimezone: true, mode: "date" }),
+    /** Last time a notify, the scheduler or the sweep enqueued this matter (the sweep's grace). */
+    dispatchedAt: timestamp("dispatched_at", { withTimezone: true, mode: "date" }),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+    updatedAt: timestamp("updated_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ name: "dmm_matter_pkey", columns: [t.namespace, t.kind, t.identity] }),
+    index("dmm_matter_due_idx").on(t.namespace, t.dueAt).where(sql`${t.dueAt} is not null`),
+  ],
+);
+
+/**
+ * Transactional outbox: one pending row per identity, written by the trigger on dmm_matter in
+ * the notifying transaction. The relay (or, without NATS, the workers) take rows with
+ * SKIP LOCKED and delete them by id once dispatched.
+ */
+export const dmmOutbox = dmmSchema.table(
+  "dmm_outbox",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    namespace: text("namespace").notNull(),
+    kind: text("kind").notNull(),
+    identity: text("identity").notNull(),
+    /** Rows refused by JetStream (a token is already pending or running) wait until then. */
+    availableAt: timestamp("available_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+    /** How often dispatch was deferred; spaces out the retries. */
+    tries: integer("tries").notNull().default(0),
+    createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+  },
+  (t) => [
+    uniqueIndex("dmm_outbox_key_idx").on(t.namespace, t.kind, t.identity),
+    index("dmm_outbox_take_idx").on(t.namespace, t.availableAt, t.id),
+  ],
+);
+
+/**
+ * Live worker processes. Each holds a session advisory lock on its id while alive, so the
+ * sweep can tell a dead worker (lock free) from a slow one and reclaim its leases at once
+ * instead of waiting for them to expire. Also what `dmm status` lists as workers.
+ */
+export const dmmWorker = dmmSchema.table("dmm_worker", {
+  id: text("id").primaryKey(),
+  namespace: text("namespace").notNull(),
+  /** The second key of the advisory lock (`pg_advisory_lock(6581613, lock_key)`). */
+  lockKey: integer("lock_key").notNull(),
+  host: text("host").notNull(),
+  pid: integer("pid").notNull(),
+  startedAt: timestamp("started_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+});

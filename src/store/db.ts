@@ -1,0 +1,103 @@
+/**
+ * The database handle dmm works through: a Drizzle database on postgres.js, whether dmm
+ * opened it from a URL (and so owns and closes it) or the app passed its own client.
+ */
+import postgres from "postgres";
+import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
+import { sql, type SQL } from "drizzle-orm";
+import { ConfigError, ConnectionError } from "../errors.js";
+import type { DrizzleExecutor } from "../types.js";
+
+/** What every store verb runs on: dmm's own Drizzle database or an app's Drizzle transaction. */
+export type Executor = DrizzleExecutor;
+
+/** dmm's connection to Postgres. */
+export interface Database {
+  /** Drizzle on the postgres.js client; what the store verbs execute on. */
+  readonly db: PostgresJsDatabase;
+  /** The postgres.js client, for LISTEN and reserved (session) connections. */
+  readonly client: postgres.Sql;
+  /** True when dmm created the client from a URL and must end it on close. */
+  readonly owned: boolean;
+  close(): Promise<void>;
+}
+
+/** Accepted forms of the `database` option. */
+export type DatabaseInput = string | postgres.Sql | { $client: postgres.Sql };
+
+/** Default pool size for clients dmm creates from a URL. */
+export const DEFAULT_POOL_SIZE = 10;
+
+/**
+ * Opens dmm's database handle from a URL, a postgres.js client or a Drizzle database built on
+ * postgres.js. A client dmm did not create is never ended by dmm.
+ */
+export function openDatabase(input: DatabaseInput, opts: { poolSize?: number; applicationName?: string } = {}): Database {
+  if (typeof input === "string") {
+    if (!/^postgres(ql)?:\/\//.test(input)) {
+      throw new ConfigError(
+        `The database option ${JSON.stringify(redact(input))} is not a postgres:// URL. Pass a URL such as postgres://postgres@127.0.0.1:5432/app, a postgres.js client or a Drizzle database.`,
+      );
+    }
+    const client = postgres(input, {
+      max: opts.poolSize ?? DEFAULT_POOL_SIZE,
+      onnotice: () => {},
+      connection: { application_name: opts.applicationName ?? "dmm" },
+    });
+    return wrap(client, true);
+  }
+  if (typeof input === "function" && typeof (input as postgres.Sql).unsafe === "function") {
+    return wrap(input as postgres.Sql, false);
+  }
+  const inner = (input as { $client?: unknown } | null)?.$client;
+  if (typeof inner === "function" && typeof (inner as postgres.Sql).unsafe === "function") {
+    return wrap(inner as postgres.Sql, false);
+  }
+  throw new ConfigError(
+    "The database option must be a postgres:// URL, a postgres.js client, or a Drizzle database created with drizzle-orm/postgres-js; other drivers (node-postgres, neon) are not supported.",
+  );
+}
+
+function wrap(client: postgres.Sql, owned: boolean): Database {
+  const db = drizzle(client);
+  let closed = false;
+  return {
+    db,
+    client,
+    owned,
+    async close() {
+      if (closed || !owned) return;
+      closed = true;
+      await client.end({ timeout: 5 });
+    },
+  };
+}
+
+/** Runs a query and returns its rows (postgres.js returns an array-like RowList). */
+export async function rows<T>(exec: Executor, query: SQL): Promise<T[]> {
+  try {
+    const result = (await exec.execute(query)) as unknown;
+    return (Array.isArray(result) ? result : ((result as { rows?: T[] }).rows ?? [])) as T[];
+  } catch (err) {
+    throw asConnectionError(err);
+  }
+}
+
+/** Wraps network-level failures in `ConnectionError`; leaves SQL errors as they are. */
+export function asConnectionError(err: unknown): unknown {
+  const code = (err as { code?: string } | null)?.code;
+  if (code && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|CONNECTION_|CONNECT_TIMEOUT|57P0)/.test(code)) {
+    return new ConnectionError(`Postgres is unreachable or dropped the connection (${code}); dmm retries with backoff.`, { cause: err });
+  }
+  return err;
+}
+
+/** A JSON array parameter, for `jsonb_to_recordset`: one parameter however long the batch. */
+export function jsonParam(value: unknown): SQL {
+  return sql`${JSON.stringify(value)}::jsonb`;
+}
+
+/** Hides the password of a connection URL in messages. */
+export function redact(url: string): string {
+  return url.replace(/(:\/\/[^:/@]*:)[^@]*@/, "$1***@");
+}

@@ -1,0 +1,86 @@
+/**
+ * Notify and touch: upsert matters and bump their generation, in the caller's transaction when
+ * one is given. The outbox trigger on dmm_matter enqueues them in that same transaction.
+ */
+import { sql } from "drizzle-orm";
+import { jsonParam, rows, type Executor } from "./db.js";
+
+/** One notify: a matter's identity and the JSON text of its new cache. */
+export interface NotifyItem {
+  kind: string;
+  identity: string;
+  /** JSON text of the cache, already validated by `encodeCache`. */
+  cache: string;
+}
+
+/** One touch: a matter to run again with its cache kept. */
+export interface TouchItem {
+  kind: string;
+  identity: string;
+}
+
+/**
+ * Replaces the caches of `items` and bumps their generations (creating missing matters). A
+ * notify clears a parked state and any pending backoff: fresh news runs at once.
+ * Later duplicates of one identity in `items` win.
+ */
+export async function notifyMatters(exec: Executor, namespace: string, items: NotifyItem[]): Promise<void> {
+  if (items.length === 0) return;
+  const list = dedupe(items).map((i) => ({ kind: i.kind, identity: i.identity, cache: JSON.parse(i.cache) as unknown }));
+  await rows(
+    exec,
+    sql`insert into dmm.dmm_matter as m (namespace, kind, identity, cache, dispatched_at)
+        select ${namespace}::text, x.kind, x.identity, x.cache, now()
+        from jsonb_to_recordset(${jsonParam(list)}) as x(kind text, identity text, cache jsonb)
+        on conflict (namespace, kind, identity) do update set
+          cache = excluded.cache,
+          generation = m.generation + 1,
+          parked = false, due_at = null, due_reason = null,
+          dispatched_at = now(), updated_at = now()`,
+  );
+}
+
+/** Bumps the generations of `items`, keeping their caches; a missing matter starts with `{}`. */
+export async function touchMatters(exec: Executor, namespace: string, items: TouchItem[]): Promise<void> {
+  if (items.length === 0) return;
+  await rows(
+    exec,
+    sql`insert into dmm.dmm_matter as m (namespace, kind, identity, dispatched_at)
+        select ${namespace}::text, x.kind, x.identity, now()
+        from jsonb_to_recordset(${jsonParam(dedupe(items))}) as x(kind text, identity text)
+        on conflict (namespace, kind, identity) do update set
+          generation = m.generation + 1,
+          parked = false, due_at = null, due_reason = null,
+          dispatched_at = now(), updated_at = now()`,
+  );
+}
+
+/**
+ * Puts matters back on the outbox without bumping their generation: how the scheduler turns a
+ * due retry, requeue or resync into work. A no-op for matters already on the outbox.
+ */
+export async function enqueueMatters(exec: Executor, namespace: string, items: TouchItem[]): Promise<void> {
+  if (items.length === 0) return;
+  await rows(
+    exec,
+    sql`with keys as (
+          select x.kind, x.identity from jsonb_to_recordset(${jsonParam(dedupe(items))}) as x(kind text, identity text)
+        ), stamp as (
+          update dmm.dmm_matter m set dispatched_at = now()
+          from keys k where m.namespace = ${namespace} and m.kind = k.kind and m.identity = k.identity
+        ), ins as (
+          insert into dmm.dmm_outbox (namespace, kind, identity)
+          select ${namespace}::text, k.kind, k.identity from keys k
+          on conflict (namespace, kind, identity) do nothing
+          returning kind
+        )
+        select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) d`,
+  );
+}
+
+function dedupe<T extends { kind: string; identity: string }>(items: T[]): T[] {
+  if (items.length === 1) return items;
+  const byKey = new Map<string, T>();
+  for (const item of items) byKey.set(`${item.kind}\u0000${item.identity}`, item);
+  return [...byKey.values()];
+}

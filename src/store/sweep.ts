@@ -1,0 +1,79 @@
+/**
+ * The sweep: the safety net that makes lost tokens, dead workers and missed timers harmless.
+ * Every worker process runs it; SKIP LOCKED keeps them from colliding.
+ */
+import { sql } from "drizzle-orm";
+import { rows, type Executor } from "./db.js";
+import { CLAIMABLE } from "./claim.js";
+import { LOCK_CLASS } from "./migrate.js";
+
+/**
+ * Puts claimable matters that nothing is dispatching back on the outbox: due retries,
+ * requeues and resyncs; dirty matters whose token was lost; matters whose lease expired.
+ * A matter dispatched within the last `graceMs` is left alone (its token may still be queued).
+ * Returns how many matters it enqueued.
+ */
+export async function sweepMatters(exec: Executor, namespace: string, graceMs: number, limit: number): Promise<number> {
+  const r = await rows<{ n: number }>(
+    exec,
+    sql`with c as (
+          select m.kind, m.identity from dmm.dmm_matter m
+          where m.namespace = ${namespace} and ${CLAIMABLE}
+            and (m.dispatched_at is null or m.dispatched_at < now() - ${graceMs}::int * interval '1 millisecond')
+            and not exists (select 1 from dmm.dmm_outbox o
+                            where o.namespace = m.namespace and o.kind = m.kind and o.identity = m.identity)
+          limit ${limit}::int
+          for update of m skip locked
+        ), stamp as (
+          update dmm.dmm_matter m set dispatched_at = now()
+          from c where m.namespace = ${namespace} and m.kind = c.kind and m.identity = c.identity
+        ), ins as (
+          insert into dmm.dmm_outbox (namespace, kind, identity)
+          select ${namespace}::text, c.kind, c.identity from c
+          on conflict (namespace, kind, identity) do nothing
+          returning kind
+        ), wake as (
+          select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) k
+        )
+        select (select count(*)::int from ins) as n, (select count(*) from wake) as w`,
+  );
+  return r[0]?.n ?? 0;
+}
+
+/**
+ * Finds workers of the namespace whose advisory lock is free (their process or connection is
+ * gone), expires their leases so the matters are claimable at once (as `recovery` runs), puts
+ * those matters on the outbox and forgets the workers. Returns the dead worker ids.
+ */
+export async function reapDeadWorkers(exec: Executor, namespace: string): Promise<{ workers: string[]; matters: number }> {
+  const dead = await rows<{ id: string }>(
+    exec,
+    sql`select w.id from dmm.dmm_worker w
+        where w.namespace = ${namespace}
+          and not exists (select 1 from pg_locks l
+                          where l.locktype = 'advisory' and l.classid = ${LOCK_CLASS}::int::oid
+                            and l.objid = w.lock_key::oid and l.objsubid = 2 and l.granted)`,
+  );
+  if (dead.length === 0) return { workers: [], matters: 0 };
+  const ids = dead.map((d) => d.id);
+  const r = await rows<{ n: number }>(
+    exec,
+    sql`with gone as (
+          delete from dmm.dmm_worker where id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb))
+          returning id
+        ), expired as (
+          update dmm.dmm_matter m set lease_until = '-infinity'
+          where m.namespace = ${namespace} and m.lease_owner in (select id from gone)
+          returning m.kind, m.identity
+        ), ins as (
+          insert into dmm.dmm_outbox (namespace, kind, identity)
+          select ${namespace}::text, e.kind, e.identity from expired e
+          on conflict (namespace, kind, identity) do nothing
+          returning kind
+        ), wake as (
+          select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) k
+        )
+        select (select count(*)::int from expired) as n, (select count(*) from wake) as w`,
+  );
+  return { workers: ids, matters: r[0]?.n ?? 0 };
+}

@@ -1,0 +1,488 @@
+/**
+ * The worker side of a bucket: per-kind runners that claim, run and finish matters, plus the
+ * machinery they share (the worker session with its advisory lock and heartbeats, a batching
+ * finisher, the sweep, the dead-worker check and the due-time timers). All I/O is injected.
+ */
+import { coerceError, ClosedError, LeaseLostError, RetryAfterError, RunTimeoutError, TerminalError } from "../errors.js";
+import type { Logger, Materializer, MaterializerClass } from "../types.js";
+import type { ClaimedMatter } from "../store/claim.js";
+import type { FinishItem, FinishResult } from "../store/finish.js";
+import type { TouchItem } from "../store/notify.js";
+import type { LeaseKey, WorkerSession } from "../store/workers.js";
+import type { KindEntry } from "../registry.js";
+import { backoffDelay, resyncDelay } from "./backoff.js";
+import { RunContext, type ContextDeps } from "./context.js";
+import { sleep, untilAborted } from "../async.js";
+
+/** A claimed matter, with the token that led to it (NATS dispatch) to settle after the finish. */
+export interface Claimed {
+  matter: ClaimedMatter;
+  token?: { ack(): void; nak(ms: number): void; working(): void };
+}
+
+/**
+ * Where a runner gets work. `take` claims up to `max` matters now (maybe none); `ready`
+ * resolves when `take` may find more (a wake-up, a token, a poll tick) or `signal` aborts.
+ */
+export interface Source {
+  take(max: number): Promise<Claimed[]>;
+  ready(signal: AbortSignal): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Everything the engine needs from the outside. */
+export interface EngineDeps {
+  log: Logger;
+  workerId: string;
+  leaseMs: number;
+  heartbeatMs: number;
+  sweepIntervalMs: number;
+  deadWorkerCheckMs: number;
+  shutdownGraceMs: number;
+  openSession(): Promise<WorkerSession>;
+  finish(items: FinishItem[]): Promise<FinishResult[]>;
+  enqueue(keys: TouchItem[]): Promise<void>;
+  sweep(): Promise<number>;
+  reap(): Promise<{ workers: string[]; matters: number }>;
+  encodeCache(kind: string, identity: string, instance: object): string;
+  context: ContextDeps;
+  /** Called after each run settles; tests and benchmarks observe runs through it. */
+  onRunEnd?: (event: RunEndEvent) => void;
+}
+
+/** What `onRunEnd` reports. */
+export interface RunEndEvent {
+  kind: string;
+  identity: string;
+  outcome: "ok" | "fail" | "park" | "release" | "lost";
+  reason: string;
+  attempt: number;
+  durationMs: number;
+  error?: Error;
+}
+
+interface Lease extends LeaseKey {
+  controller: AbortController;
+  token?: Claimed["token"];
+}
+
+interface PendingFinish {
+  item: FinishItem;
+  lease: Lease;
+  done: () => void;
+}
+
+/** Counters for status pages and tests. */
+export interface EngineStats {
+  runs: number;
+  succeeded: number;
+  failed: number;
+  parked: number;
+  leaseLost: number;
+  swept: number;
+  reapedWorkers: number;
+}
+
+/** The per-bucket worker machinery. One per bucket, created by the first `work()`. */
+export class Engine {
+  readonly stats: EngineStats = { runs: 0, succeeded: 0, failed: 0, parked: 0, leaseLost: 0, swept: 0, reapedWorkers: 0 };
+  readonly #deps: EngineDeps;
+  readonly #leases = new Map<string, Lease>();
+  readonly #finishQueue: PendingFinish[] = [];
+  readonly #timers = new Set<NodeJS.Timeout>();
+  readonly #runs = new Set<Promise<void>>();
+  #flushing: Promise<void> | null = null;
+  #session: WorkerSession | null = null;
+  #sessionOpening: Promise<WorkerSession> | null = null;
+  #loops: NodeJS.Timeout[] = [];
+  #stopping = false;
+  #heartbeatBusy = false;
+
+  constructor(deps: EngineDeps) {
+    this.#deps = deps;
+  }
+
+  /** Registers the worker (advisory lock) and starts heartbeats, sweep and dead-worker checks. */
+  async start(): Promise<void> {
+    await this.#ensureSession();
+    const every = (ms: number, fn: () => Promise<void>) => {
+      let busy = false;
+      const t = setInterval(() => {
+        if (busy || this.#stopping) return;
+        busy = true;
+        fn().finally(() => (busy = false));
+      }, ms);
+      t.unref();
+      this.#loops.push(t);
+    };
+    every(this.#deps.heartbeatMs, () => this.#heartbeat());
+    every(this.#deps.sweepIntervalMs, () => this.#sweep());
+    every(this.#deps.deadWorkerCheckMs, () => this.#reap());
+  }
+
+  /** The current worker id (changes if the session had to be re-opened). */
+  get workerId(): string {
+    return this.#session?.id ?? this.#deps.workerId;
+  }
+
+  /** Number of runs in flight. */
+  get inFlight(): number {
+    return this.#runs.size;
+  }
+
+  async #ensureSession(): Promise<WorkerSession> {
+    if (this.#session) return this.#session;
+    if (!this.#sessionOpening) {
+      this.#sessionOpening = this.#deps.openSession().then(
+        (s) => {
+          this.#session = s;
+          this.#sessionOpening = null;
+          this.#deps.log.info("worker:start", { workerId: s.id });
+          return s;
+        },
+        (err) => {
+          this.#sessionOpening = null;
+          throw err;
+        },
+      );
+    }
+    return this.#sessionOpening;
+  }
+
+  /** Owner id to stamp on claims; opens a session first if the last one died. */
+  async owner(): Promise<string> {
+    return (await this.#ensureSession()).id;
+  }
+
+  async #heartbeat(): Promise<void> {
+    if (this.#heartbeatBusy) return;
+    this.#heartbeatBusy = true;
+    const session = this.#session;
+    try {
+      if (!session) {
+        await this.#ensureSession();
+        return;
+      }
+      const leases = [...this.#leases.values()];
+      for (const l of leases) l.token?.working();
+      const lost = await session.heartbeat(
+        leases.map((l) => ({ kind: l.kind, identity: l.identity, epoch: l.epoch })),
+        this.#deps.leaseMs,
+      );
+      for (const key of lost) {
+        const lease = this.#leases.get(leaseId(key.kind, key.identity));
+        if (lease && lease.epoch === key.epoch) {
+          lease.controller.abort(new LeaseLostError(`The lease on ${key.kind} ${JSON.stringify(key.identity)} was lost (expired or taken over); the run is aborted.`));
+        }
+      }
+    } catch (err) {
+      // The session (and with it the advisory lock) is gone: other workers may already treat
+      // our leases as dead. Abort every run, and open a fresh session for the next claims.
+      if (this.#session === session && session) {
+        this.#session = null;
+        this.#deps.log.warn("worker:session:lost", { workerId: session.id, err: coerceError(err).message });
+        for (const lease of this.#leases.values()) {
+          lease.controller.abort(new LeaseLostError("The worker lost its Postgres session; its leases may be reclaimed, so the run is aborted."));
+        }
+        session.close().catch(() => {});
+      }
+    } finally {
+      this.#heartbeatBusy = false;
+    }
+  }
+
+  async #sweep(): Promise<void> {
+    try {
+      const n = await this.#deps.sweep();
+      if (n > 0) {
+        this.stats.swept += n;
+        this.#deps.log.info("sweep:dispatch", { matters: n });
+      }
+    } catch (err) {
+      this.#deps.log.warn("sweep:error", { err: coerceError(err).message });
+    }
+  }
+
+  async #reap(): Promise<void> {
+    try {
+      const r = await this.#deps.reap();
+      if (r.workers.length > 0) {
+        this.stats.reapedWorkers += r.workers.length;
+        this.#deps.log.info("sweep:dead-workers", { workers: r.workers, matters: r.matters });
+      }
+    } catch (err) {
+      this.#deps.log.warn("sweep:error", { err: coerceError(err).message });
+    }
+  }
+
+  /**
+   * Runs one claimed matter to its finish. `onSettled` fires as soon as the user code settled
+   * (or was abandoned after an abort), so the runner can claim more while the finish is written
+   * in a batch; the returned promise resolves after the finish.
+   */
+  run(entry: KindEntry, claimed: Claimed, onSettled: () => void): Promise<void> {
+    const { matter } = claimed;
+    const id = leaseId(matter.kind, matter.identity);
+    const controller = new AbortController();
+    const lease: Lease = { kind: matter.kind, identity: matter.identity, epoch: matter.epoch, controller, token: claimed.token };
+    this.#leases.set(id, lease);
+    const p = this.#execute(entry, claimed, lease, onSettled).finally(() => this.#runs.delete(p));
+    this.#runs.add(p);
+    return p;
+  }
+
+  async #execute(entry: KindEntry, claimed: Claimed, lease: Lease, onSettled: () => void): Promise<void> {
+    const { matter } = claimed;
+    const started = performance.now();
+    const attempt = matter.attempts + 1;
+    const log = this.#deps.log.child({ kind: matter.kind, key: matter.identity, attempt });
+    const timer = setTimeout(
+      () => lease.controller.abort(new RunTimeoutError(`The run of ${matter.kind} ${JSON.stringify(matter.identity)} exceeded its timeout of ${entry.timeoutMs} ms.`)),
+      entry.timeoutMs,
+    );
+    const ctx = new RunContext(matter.kind, matter.identity, matter.reason, attempt, matter.generation, lease.controller.signal, log, matter.owner, matter.epoch, this.#deps.context);
+    let outcome: FinishItem["outcome"] = "ok";
+    let error: Error | undefined;
+    let cacheText: string | null = null;
+    this.stats.runs++;
+    log.debug("materialize:start", { reason: matter.reason, generation: matter.generation });
+    try {
+      const instance = new (entry.cls as MaterializerClass)() as Materializer & Record<string, unknown>;
+      Object.assign(instance, matter.cache);
+      await raceAbort(Promise.resolve().then(() => instance.materialize(ctx)), lease.controller.signal);
+      const after = instance.identity();
+      if (after !== matter.identity) {
+        throw new TerminalError(
+          `materialize() changed the identity of ${matter.kind} ${JSON.stringify(matter.identity)} to ${JSON.stringify(after)}; identity fields must not change. Notify a new instance for a new identity instead.`,
+        );
+      }
+      cacheText = this.#deps.encodeCache(matter.kind, matter.identity, instance);
+    } catch (thrown) {
+      error = coerceError(thrown);
+      if (lease.controller.signal.aborted && lease.controller.signal.reason instanceof ClosedError) outcome = "release";
+      else outcome = error instanceof TerminalError ? "park" : "fail";
+    } finally {
+      clearTimeout(timer);
+      onSettled();
+    }
+    const durationMs = performance.now() - started;
+    const item: FinishItem = {
+      owner: matter.owner,
+      kind: matter.kind,
+      identity: matter.identity,
+      epoch: matter.epoch,
+      generation: matter.generation,
+      outcome,
+      base: matter.cache,
+      cache: cacheText,
+      error: error ? formatError(error) : null,
+      dueInMs: null,
+      dueReason: null,
+    };
+    if (outcome === "ok") {
+      item.notifies = ctx.notifies;
+      item.touches = ctx.touches;
+      const resync = entry.resyncPeriodMs > 0 ? resyncDelay(entry.resyncPeriodMs) : null;
+      if (ctx.requeueMs !== null && (resync === null || ctx.requeueMs <= resync)) {
+        item.dueInMs = ctx.requeueMs;
+        item.dueReason = "requeue";
+      } else if (resync !== null) {
+        item.dueInMs = resync;
+        item.dueReason = "resync";
+      }
+    } else if (outcome === "fail") {
+      item.dueInMs =
+        error instanceof RetryAfterError
+          ? error.retryAfterMs
+          : backoffDelay(attempt, { baseMs: entry.backoffBaseMs, maxMs: entry.backoffMaxMs });
+      item.dueReason = "retry";
+    }
+    const saved = await this.#finish(item, lease);
+    const reported = saved ? outcome : "lost";
+    if (reported === "ok") {
+      this.stats.succeeded++;
+      log.debug("materialize:success", { durationMs: round(durationMs) });
+    } else if (reported === "fail") {
+      this.stats.failed++;
+      log.warn("materialize:error", { durationMs: round(durationMs), retryInMs: item.dueInMs, err: error?.message });
+    } else if (reported === "park") {
+      this.stats.parked++;
+      log.warn("materialize:parked", { err: error?.message });
+    } else if (reported === "lost") {
+      this.stats.leaseLost++;
+      log.warn("materialize:lease-lost", { durationMs: round(durationMs), outcome });
+    }
+    try {
+      this.#deps.onRunEnd?.({ kind: matter.kind, identity: matter.identity, outcome: reported, reason: matter.reason, attempt, durationMs, error });
+    } catch (err) {
+      log.warn("listener:error", { err: coerceError(err).message });
+    }
+  }
+
+  /** Queues a finish; batches everything that arrives while one is being written. */
+  #finish(item: FinishItem, lease: Lease): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      this.#finishQueue.push({
+        item,
+        lease,
+        done: () => resolve((lease as Lease & { saved?: boolean }).saved === true),
+      });
+      if (!this.#flushing) this.#flushing = this.#flush();
+    });
+  }
+
+  async #flush(): Promise<void> {
+    try {
+      while (this.#finishQueue.length > 0) {
+        const batch = this.#finishQueue.splice(0, 1000);
+        let results: FinishResult[];
+        try {
+          results = await this.#deps.finish(batch.map((b) => b.item));
+        } catch (err) {
+          this.#deps.log.error("finish:error", { runs: batch.length, err: coerceError(err).message });
+          // Nothing was written; the leases expire and the sweep re-dispatches these matters.
+          results = batch.map(() => ({ saved: false, dirty: false }));
+          for (const b of batch) b.lease.token?.nak(this.#deps.leaseMs);
+          this.#settle(batch, results, false);
+          continue;
+        }
+        this.#settle(batch, results, true);
+      }
+    } finally {
+      this.#flushing = null;
+    }
+  }
+
+  #settle(batch: PendingFinish[], results: FinishResult[], settleTokens: boolean): void {
+    batch.forEach((b, i) => {
+      const r = results[i]!;
+      const id = leaseId(b.lease.kind, b.lease.identity);
+      if (this.#leases.get(id) === b.lease) this.#leases.delete(id);
+      (b.lease as Lease & { saved?: boolean }).saved = r.saved;
+      if (settleTokens && b.lease.token) {
+        if (b.item.outcome === "release") b.lease.token.nak(0);
+        else b.lease.token.ack();
+      }
+      if (r.saved && b.item.dueInMs !== null && b.item.dueInMs <= this.#deps.sweepIntervalMs) {
+        this.#scheduleEnqueue({ kind: b.item.kind, identity: b.item.identity }, b.item.dueInMs);
+      }
+      b.done();
+    });
+  }
+
+  #scheduleEnqueue(key: TouchItem, ms: number): void {
+    const t = setTimeout(() => {
+      this.#timers.delete(t);
+      this.#deps.enqueue([key]).catch((err) => this.#deps.log.warn("schedule:error", { err: coerceError(err).message }));
+    }, ms + 2);
+    t.unref();
+    this.#timers.add(t);
+  }
+
+  /**
+   * Stops: waits up to `shutdownGraceMs` for runs in flight, aborts the rest (their leases are
+   * released without counting an attempt), writes the last finishes and closes the session.
+   */
+  async stop(): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    for (const t of this.#loops) clearInterval(t);
+    const grace = new Promise<void>((r) => setTimeout(r, this.#deps.shutdownGraceMs).unref());
+    await Promise.race([Promise.allSettled([...this.#runs]), grace]);
+    if (this.#runs.size > 0) {
+      this.#deps.log.warn("worker:stop:abort", { runs: this.#runs.size });
+      for (const lease of this.#leases.values()) lease.controller.abort(new ClosedError("The bucket is closing; the run is aborted and its lease released."));
+      await Promise.allSettled([...this.#runs]);
+    }
+    while (this.#flushing) await this.#flushing;
+    for (const t of this.#timers) clearTimeout(t);
+    this.#timers.clear();
+    const session = this.#session ?? (await this.#sessionOpening?.catch(() => null)) ?? null;
+    this.#session = null;
+    await session?.close();
+    this.#deps.log.info("worker:stop", { workerId: session?.id ?? this.#deps.workerId, runs: this.stats.runs });
+  }
+}
+
+/**
+ * Runs one kind: keeps up to `concurrency` runs going, taking work from its source in batches.
+ * Resolves when `signal` aborts, after its runs have been handed to the engine.
+ */
+export async function runKind(
+  engine: Engine,
+  entry: KindEntry,
+  source: Source,
+  concurrency: number,
+  signal: AbortSignal,
+  log: Logger,
+): Promise<void> {
+  let running = 0;
+  let slotFreed: (() => void) | null = null;
+  const waitSlot = () => new Promise<void>((r) => (slotFreed = r));
+  let failures = 0;
+  try {
+    while (!signal.aborted) {
+      if (running >= concurrency) {
+        await untilAborted(waitSlot(), signal);
+        continue;
+      }
+      let claimed: Claimed[];
+      try {
+        claimed = await source.take(concurrency - running);
+        failures = 0;
+      } catch (err) {
+        failures++;
+        const delay = Math.min(5_000, 50 * 2 ** Math.min(failures, 7));
+        if (failures === 1 || failures % 20 === 0) log.warn("claim:error", { kind: entry.kind, retryInMs: delay, err: coerceError(err).message });
+        await untilAborted(sleep(delay), signal);
+        continue;
+      }
+      if (claimed.length === 0) {
+        await untilAborted(source.ready(signal), signal);
+        continue;
+      }
+      for (const c of claimed) {
+        running++;
+        void engine.run(entry, c, () => {
+          running--;
+          const r = slotFreed;
+          slotFreed = null;
+          r?.();
+        });
+      }
+    }
+  } finally {
+    await source.close();
+  }
+}
+
+function leaseId(kind: string, identity: string): string {
+  return `${kind}\u0000${identity}`;
+}
+
+function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
+function formatError(err: Error): string {
+  const text = err.stack && err.stack.includes(err.message) ? err.stack : `${err.name}: ${err.message}`;
+  return text.length > 8_000 ? `${text.slice(0, 8_000)}…` : text;
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 10) / 10;
+}

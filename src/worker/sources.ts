@@ -1,0 +1,168 @@
+/**
+ * The two ways a runner gets work, behind one `Source` interface:
+ * - tokens from a JetStream pull consumer, claimed in batches (`createTokenSource`);
+ * - outbox rows taken and claimed in one statement, woken by LISTEN (`createOutboxSource`).
+ */
+import { coerceError } from "../errors.js";
+import type { Logger } from "../types.js";
+import type { ClaimStatus, ClaimedMatter } from "../store/claim.js";
+import type { Token } from "../nats/tokens.js";
+import type { Claimed, Source } from "./engine.js";
+import { sleep } from "../async.js";
+
+/** How long a re-tried token waits when its matter row was locked by a committing notify. */
+const BUSY_RETRY_MS = 25;
+
+/** A source that can be woken from outside (LISTEN, a timer). */
+export interface WakeableSource extends Source {
+  wake(): void;
+}
+
+/** Injected I/O of a token source. */
+export interface TokenSourceDeps {
+  kind: string;
+  log: Logger;
+  /** How long one pull request waits for tokens. */
+  expiresMs: number;
+  fetch(max: number, expiresMs: number, signal: AbortSignal): AsyncIterable<Token>;
+  claim(keys: { kind: string; identity: string }[]): Promise<ClaimStatus[]>;
+}
+
+/**
+ * Pulls tokens ahead of demand (up to the free slots), and claims whatever has arrived in one
+ * statement per `take`. Tokens whose matter needs no run are acked away; tokens whose matter
+ * is locked or not yet due are nak'ed back with a delay.
+ */
+export function createTokenSource(deps: TokenSourceDeps): WakeableSource {
+  const queue: Token[] = [];
+  const stopper = new AbortController();
+  let outstanding = 0;
+  let failures = 0;
+  let waiter: (() => void) | null = null;
+  const wake = () => {
+    const w = waiter;
+    waiter = null;
+    w?.();
+  };
+  const request = (n: number) => {
+    outstanding += n;
+    void (async () => {
+      let received = 0;
+      try {
+        for await (const token of deps.fetch(n, deps.expiresMs, stopper.signal)) {
+          received++;
+          outstanding--;
+          if (stopper.signal.aborted) token.nak(0);
+          else queue.push(token);
+          wake();
+        }
+        failures = 0;
+      } catch (err) {
+        failures++;
+        if (failures === 1 || failures % 50 === 0) deps.log.warn("tokens:fetch:error", { kind: deps.kind, err: coerceError(err).message });
+        await sleep(Math.min(2_000, 50 * 2 ** Math.min(failures, 6)));
+      } finally {
+        outstanding -= n - received;
+        wake();
+      }
+    })();
+  };
+  return {
+    wake,
+    async take(max) {
+      if (stopper.signal.aborted) return [];
+      const deficit = max - queue.length - outstanding;
+      if (deficit > 0 && (outstanding === 0 || deficit >= Math.max(1, Math.floor(max / 4)))) request(deficit);
+      if (queue.length === 0) return [];
+      const batch = queue.splice(0, max);
+      let statuses: ClaimStatus[];
+      try {
+        statuses = await deps.claim(batch.map((t) => ({ kind: t.kind, identity: t.identity })));
+      } catch (err) {
+        for (const t of batch) t.nak(BUSY_RETRY_MS);
+        throw err;
+      }
+      const claimed: Claimed[] = [];
+      statuses.forEach((s, i) => {
+        const token = batch[i]!;
+        switch (s.status) {
+          case "claimed":
+            claimed.push({ matter: s.matter, token });
+            break;
+          case "busy":
+            token.nak(BUSY_RETRY_MS);
+            break;
+          case "early":
+            token.nak(s.dueInMs);
+            break;
+          default:
+            token.ack();
+        }
+      });
+      return claimed;
+    },
+    ready(signal) {
+      if (queue.length > 0 || signal.aborted) return Promise.resolve();
+      return new Promise<void>((resolve) => {
+        waiter = resolve;
+      });
+    },
+    async close() {
+      stopper.abort();
+      for (const t of queue.splice(0)) t.nak(0);
+      wake();
+    },
+  };
+}
+
+/** Injected I/O of an outbox source. */
+export interface OutboxSourceDeps {
+  pollIntervalMs: number;
+  takeAndClaim(max: number): Promise<{ claimed: ClaimedMatter[]; taken: number }>;
+  /** When the next outbox row of this kind becomes available, in ms; null if none. */
+  nextInMs(): Promise<number | null>;
+}
+
+/**
+ * Takes work straight from the outbox. After a full batch it takes again at once; otherwise it
+ * waits for a LISTEN wake-up, the next deferred row's time or the backstop poll.
+ */
+export function createOutboxSource(deps: OutboxSourceDeps): WakeableSource {
+  let more = true;
+  let notified = false;
+  let waiter: (() => void) | null = null;
+  const wake = () => {
+    notified = true;
+    const w = waiter;
+    waiter = null;
+    w?.();
+  };
+  return {
+    wake,
+    async take(max) {
+      notified = false;
+      const r = await deps.takeAndClaim(max);
+      more = r.taken >= max;
+      return r.claimed.map((matter) => ({ matter }));
+    },
+    async ready(signal) {
+      if (more || notified || signal.aborted) return;
+      const next = await deps.nextInMs().catch(() => null);
+      if (notified) return;
+      const wait = next === null ? deps.pollIntervalMs : Math.min(deps.pollIntervalMs, Math.max(1, next));
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          waiter = null;
+          resolve();
+        }, wait);
+        waiter = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+    },
+    async close() {
+      wake();
+    },
+  };
+}
