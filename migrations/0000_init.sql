@@ -28,6 +28,7 @@ CREATE TABLE "dmm"."dmm_outbox" (
 	"identity" text NOT NULL,
 	"available_at" timestamp with time zone DEFAULT now() NOT NULL,
 	"tries" integer DEFAULT 0 NOT NULL,
+	"bumps" integer DEFAULT 0 NOT NULL,
 	"created_at" timestamp with time zone DEFAULT now() NOT NULL
 );
 --> statement-breakpoint

@@ -4,10 +4,11 @@ ALTER TABLE "dmm"."dmm_matter" SET (fillfactor = 70);
 --> statement-breakpoint
 CREATE FUNCTION "dmm"."tg_dmm_matter__outbox"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  -- One pending outbox row per identity: a second notify before dispatch coalesces into it.
+  -- One pending outbox row per identity: a second notify before dispatch coalesces into it,
+  -- bumping the row so that a relay publishing it right now keeps it for another round.
   INSERT INTO "dmm"."dmm_outbox" ("namespace", "kind", "identity")
   VALUES (NEW."namespace", NEW."kind", NEW."identity")
-  ON CONFLICT ("namespace", "kind", "identity") DO NOTHING;
+  ON CONFLICT ("namespace", "kind", "identity") DO UPDATE SET "bumps" = "dmm_outbox"."bumps" + 1;
   -- Postgres folds identical notifications of one transaction into one.
   PERFORM pg_notify('dmm_outbox', NEW."namespace" || ':' || NEW."kind");
   RETURN NULL;

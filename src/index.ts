@@ -37,3 +37,4 @@ export {
 } from "./errors.js";
 export { createConsoleLogger } from "./log.js";
 export type { LogLevel } from "./log.js";
+export { renderStatus, renderStatusList, renderStatusDetail, statusRows, statusSummary, useColor, watchStatus, type StatusMatter, type StatusOptions, type StatusRow, type WatchOptions } from "./status/index.js";

@@ -67,6 +67,12 @@ export const dmmOutbox = dmmSchema.table(
     availableAt: timestamp("available_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
     /** How often dispatch was deferred; spaces out the retries. */
     tries: integer("tries").notNull().default(0),
+    /**
+     * Bumped by every enqueue that finds the row already there. The relay deletes a row only if
+     * this is unchanged since it took the row, so a notify that lands while its token is being
+     * published is never lost.
+     */
+    bumps: integer("bumps").notNull().default(0),
     createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
   },
   (t) => [

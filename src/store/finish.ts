@@ -115,7 +115,7 @@ async function finishStatement(exec: Executor, namespace: string, items: FinishI
         ), requeue as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, d.kind, d.identity from done d where d.dirty
-          on conflict (namespace, kind, identity) do nothing
+          on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
           returning kind
         ), wake as (
           select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from requeue) k

@@ -71,7 +71,7 @@ export async function enqueueMatters(exec: Executor, namespace: string, items: T
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, k.kind, k.identity from keys k
-          on conflict (namespace, kind, identity) do nothing
+          on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
           returning kind
         )
         select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) d`,

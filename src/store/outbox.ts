@@ -1,11 +1,10 @@
 /**
  * The relay's side of the outbox: take available rows with SKIP LOCKED (so many relays share
  * the work), hand them to a publisher, then delete what was dispatched and defer what was not,
- * by row id, in the same short transaction.
+ * by row id.
  */
 import { sql } from "drizzle-orm";
-import type { PostgresJsDatabase } from "drizzle-orm/postgres-js";
-import { jsonParam, rows } from "./db.js";
+import { jsonParam, rows, type Executor } from "./db.js";
 
 /** An outbox row on its way to becoming a token. */
 export interface OutboxRow {
@@ -13,6 +12,8 @@ export interface OutboxRow {
   kind: string;
   identity: string;
   tries: number;
+  /** The row's bump count when taken; a changed count means a notify landed meanwhile. */
+  bumps: number;
 }
 
 /** What the publisher made of one row: dispatched, refused because a token is pending, or failed. */
@@ -21,51 +22,64 @@ export type DispatchResult = "ok" | "busy" | "error";
 /** Longest wait between retries of a row whose token stays pending, in ms. */
 export const MAX_DEFER_MS = 1_000;
 
+/** How long a row taken by a relay stays invisible to other relays while its token is published. */
+export const RELAY_INFLIGHT_MS = 10_000;
+
 /**
- * Takes up to `limit` available rows, calls `publish` with them (inside the transaction, which
- * holds their row locks), deletes the dispatched ones and defers the others with a capped
- * exponential delay (20 ms, 40 ms, … 1 s). Returns how many rows were taken.
+ * One relay round, with no transaction held across the network: takes up to `limit` available
+ * rows (hiding them from other relays for `RELAY_INFLIGHT_MS`), calls `publish`, then deletes
+ * each dispatched row unless a notify bumped it meanwhile (that one is made available again),
+ * and defers refused rows with a capped exponential delay (20 ms, 40 ms, … 1 s). A relay that
+ * dies mid-round leaves its rows to reappear after the in-flight time; their re-publish carries
+ * the same msgID, which JetStream drops as a duplicate.
  */
 export async function relayOutbox(
-  db: PostgresJsDatabase,
+  db: Executor,
   namespace: string,
   limit: number,
   publish: (batch: OutboxRow[]) => Promise<DispatchResult[]>,
 ): Promise<{ taken: number; dispatched: number; deferred: number }> {
-  return db.transaction(async (tx) => {
-    const batch = (
-      await rows<{ id: string; kind: string; identity: string; tries: number }>(
-        tx,
-        sql`select id::text, kind, identity, tries from dmm.dmm_outbox
+  const batch = (
+    await rows<{ id: string; kind: string; identity: string; tries: number; bumps: number }>(
+      db,
+      sql`update dmm.dmm_outbox o set available_at = now() + ${RELAY_INFLIGHT_MS}::int * interval '1 millisecond'
+          where o.id in (
+            select id from dmm.dmm_outbox
             where namespace = ${namespace} and available_at <= now()
             order by available_at, id limit ${limit}::int
-            for update skip locked`,
-      )
-    ).map((r) => ({ id: Number(r.id), kind: r.kind, identity: r.identity, tries: r.tries }));
-    if (batch.length === 0) return { taken: 0, dispatched: 0, deferred: 0 };
-    const results = await publish(batch);
-    const done: number[] = [];
-    const later: { id: number; ms: number }[] = [];
-    batch.forEach((row, i) => {
-      if (results[i] === "ok") done.push(row.id);
-      else later.push({ id: row.id, ms: Math.min(MAX_DEFER_MS, 20 * 2 ** Math.min(row.tries, 10)) });
-    });
-    if (done.length > 0) {
-      await rows(tx, sql`delete from dmm.dmm_outbox where id in (select jsonb_array_elements_text(${jsonParam(done)})::bigint)`);
-    }
-    if (later.length > 0) {
-      await rows(
-        tx,
-        sql`update dmm.dmm_outbox o set available_at = now() + x.ms * interval '1 millisecond', tries = o.tries + 1
-            from jsonb_to_recordset(${jsonParam(later)}) as x(id bigint, ms float8) where o.id = x.id`,
-      );
-    }
-    return { taken: batch.length, dispatched: done.length, deferred: later.length };
-  });
+            for update skip locked)
+          returning o.id::text, o.kind, o.identity, o.tries, o.bumps`,
+    )
+  ).map((r) => ({ id: Number(r.id), kind: r.kind, identity: r.identity, tries: r.tries, bumps: r.bumps }));
+  if (batch.length === 0) return { taken: 0, dispatched: 0, deferred: 0 };
+  const results = await publish(batch);
+  const settle = batch.map((row, i) => ({
+    id: row.id,
+    bumps: row.bumps,
+    ok: results[i] === "ok",
+    ms: Math.min(MAX_DEFER_MS, 20 * 2 ** Math.min(row.tries, 10)),
+  }));
+  await rows(
+    db,
+    sql`with x as (
+          select * from jsonb_to_recordset(${jsonParam(settle)}) as x(id bigint, bumps int, ok boolean, ms float8)
+        ), gone as (
+          delete from dmm.dmm_outbox o using x where o.id = x.id and x.ok and o.bumps = x.bumps returning o.id
+        ), again as (
+          update dmm.dmm_outbox o set
+            available_at = case when x.ok then now() else now() + x.ms * interval '1 millisecond' end,
+            tries = case when x.ok then o.tries else o.tries + 1 end
+          from x where o.id = x.id and o.id not in (select id from gone)
+          returning o.id
+        )
+        select (select count(*) from gone) as gone, (select count(*) from again) as again`,
+  );
+  const dispatched = settle.filter((s) => s.ok).length;
+  return { taken: batch.length, dispatched, deferred: batch.length - dispatched };
 }
 
 /** The earliest time an outbox row of the namespace becomes available, in ms from now; null if none. */
-export async function nextRelayInMs(db: PostgresJsDatabase, namespace: string): Promise<number | null> {
+export async function nextRelayInMs(db: Executor, namespace: string): Promise<number | null> {
   const r = await rows<{ ms: number | null }>(
     db,
     sql`select greatest(0, extract(epoch from (min(available_at) - now())) * 1000)::float8 as ms

@@ -30,7 +30,7 @@ export async function sweepMatters(exec: Executor, namespace: string, graceMs: n
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, c.kind, c.identity from c
-          on conflict (namespace, kind, identity) do nothing
+          on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
           returning kind
         ), wake as (
           select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) k
@@ -68,7 +68,7 @@ export async function reapDeadWorkers(exec: Executor, namespace: string): Promis
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, e.kind, e.identity from expired e
-          on conflict (namespace, kind, identity) do nothing
+          on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
           returning kind
         ), wake as (
           select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) k
