@@ -365,6 +365,9 @@ class BucketImpl implements Bucket, BucketInternals {
         encodeCache: (kind, identity, instance) => encodeCache(kind, identity, instance, options.maxCacheBytes),
         context,
         onRunEnd: (event) => this.onRunEnd?.(event),
+        onRecovered: (matters) => {
+          for (const m of matters) for (const source of this.#sources.get(m.kind) ?? []) source.inject([m]);
+        },
       });
       await engine.start();
       const listener = await this.db.client.listen("dmm_outbox", (payload) => this.#onOutbox(payload));

@@ -53,16 +53,21 @@ export const DATABASE_HELP = `  -d, --database URL   Postgres URL. Defaults to $
 /** `--help` / `-h`, accepted by every command. */
 export const HELP_OPTION = { help: { type: "boolean", short: "h" } } as const satisfies ParseArgsConfig["options"];
 
+type Options = NonNullable<ParseArgsConfig["options"]>;
+type Parsed<O extends Options> = ReturnType<
+  typeof parseArgs<{ args: string[]; options: O; allowPositionals: true; allowNegative: true; strict: true }>
+>;
+
 /**
  * Parses `args` strictly: unknown options, missing values and stray positionals become
  * `UsageError`s that name the offender.
  */
-export function parse<O extends NonNullable<ParseArgsConfig["options"]>>(
+export function parse<O extends Options>(
   args: string[],
   options: O,
   positionals: { min: number; max: number },
-) {
-  let parsed;
+): Parsed<O> & { help: boolean } {
+  let parsed: Parsed<O>;
   try {
     parsed = parseArgs({ args, options, allowPositionals: true, allowNegative: true, strict: true });
   } catch (err) {

@@ -83,8 +83,13 @@ export async function rows<T>(exec: Executor, query: SQL): Promise<T[]> {
   }
 }
 
-/** Wraps network-level failures in `ConnectionError`; leaves SQL errors as they are. */
+/**
+ * Unwraps Drizzle's query wrapper to the Postgres error (whose `code` callers branch on) and
+ * wraps network-level failures in `ConnectionError`.
+ */
 export function asConnectionError(err: unknown): unknown {
+  const inner = (err as { cause?: { severity?: unknown } } | null)?.cause;
+  if (inner && typeof inner === "object" && "severity" in inner) err = inner;
   const code = (err as { code?: string } | null)?.code;
   if (code && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|CONNECTION_|CONNECT_TIMEOUT|57P0)/.test(code)) {
     return new ConnectionError(`Postgres is unreachable or dropped the connection (${code}); dmm retries with backoff.`, { cause: err });

@@ -92,6 +92,10 @@ async function finishStatement(exec: Executor, namespace: string, items: FinishI
           select * from jsonb_to_recordset(${jsonParam(list)}) as x(
             ord int, owner text, kind text, identity text, epoch bigint, gen bigint, outcome text,
             base jsonb, cache jsonb, error text, due_ms float8, due_reason text)
+        ), locked as (
+          select x.ord from dmm.dmm_matter m join x
+            on m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
+          order by m.kind, m.identity for update of m
         ), done as (
           update dmm.dmm_matter m set
             cache = case when x.outcome <> 'ok' then m.cache
@@ -107,14 +111,14 @@ async function finishStatement(exec: Executor, namespace: string, items: FinishI
             due_reason = case when x.outcome = 'release' then m.due_reason
                               when x.outcome <> 'fail' and m.generation > x.gen then null else x.due_reason end,
             lease_owner = null, lease_until = null, updated_at = now()
-          from x
+          from x join locked l on l.ord = x.ord
           where m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
             and m.lease_owner = x.owner and m.lease_epoch = x.epoch and m.lease_until > now()
           returning x.ord, x.kind, x.identity,
             (x.outcome = 'release' or (m.generation > x.gen and (x.outcome <> 'fail' or x.due_ms is null))) as dirty
         ), requeue as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
-          select ${namespace}::text, d.kind, d.identity from done d where d.dirty
+          select ${namespace}::text, d.kind, d.identity from done d where d.dirty order by d.kind, d.identity
           on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
           returning kind
         ), wake as (

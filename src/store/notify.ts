@@ -19,6 +19,12 @@ export interface TouchItem {
   identity: string;
 }
 
+/*
+ * Lock order. Every statement that locks several rows locks matter rows before outbox rows,
+ * each in (kind, identity) order, so dmm's statements never deadlock one another however
+ * batches overlap. Claims and the sweep use SKIP LOCKED and never wait at all.
+ */
+
 /**
  * Replaces the caches of `items` and bumps their generations (creating missing matters). A
  * notify clears a parked state and any pending backoff: fresh news runs at once.
@@ -32,6 +38,7 @@ export async function notifyMatters(exec: Executor, namespace: string, items: No
     sql`insert into dmm.dmm_matter as m (namespace, kind, identity, cache, dispatched_at)
         select ${namespace}::text, x.kind, x.identity, x.cache, now()
         from jsonb_to_recordset(${jsonParam(list)}) as x(kind text, identity text, cache jsonb)
+        order by x.kind, x.identity
         on conflict (namespace, kind, identity) do update set
           cache = excluded.cache,
           generation = m.generation + 1,
@@ -48,6 +55,7 @@ export async function touchMatters(exec: Executor, namespace: string, items: Tou
     sql`insert into dmm.dmm_matter as m (namespace, kind, identity, dispatched_at)
         select ${namespace}::text, x.kind, x.identity, now()
         from jsonb_to_recordset(${jsonParam(dedupe(items))}) as x(kind text, identity text)
+        order by x.kind, x.identity
         on conflict (namespace, kind, identity) do update set
           generation = m.generation + 1,
           parked = false, due_at = null, due_reason = null,
@@ -65,12 +73,16 @@ export async function enqueueMatters(exec: Executor, namespace: string, items: T
     exec,
     sql`with keys as (
           select x.kind, x.identity from jsonb_to_recordset(${jsonParam(dedupe(items))}) as x(kind text, identity text)
+        ), locked as (
+          select m.kind, m.identity from dmm.dmm_matter m join keys k
+            on m.namespace = ${namespace} and m.kind = k.kind and m.identity = k.identity
+          order by m.kind, m.identity for update of m
         ), stamp as (
           update dmm.dmm_matter m set dispatched_at = now()
-          from keys k where m.namespace = ${namespace} and m.kind = k.kind and m.identity = k.identity
+          from locked k where m.namespace = ${namespace} and m.kind = k.kind and m.identity = k.identity
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
-          select ${namespace}::text, k.kind, k.identity from keys k
+          select ${namespace}::text, k.kind, k.identity from locked k order by k.kind, k.identity
           on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
           returning kind
         )

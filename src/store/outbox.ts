@@ -63,13 +63,17 @@ export async function relayOutbox(
     db,
     sql`with x as (
           select * from jsonb_to_recordset(${jsonParam(settle)}) as x(id bigint, bumps int, ok boolean, ms float8)
+        ), locked as (
+          select o.id from dmm.dmm_outbox o join x on o.id = x.id
+          order by o.namespace, o.kind, o.identity for update of o
         ), gone as (
-          delete from dmm.dmm_outbox o using x where o.id = x.id and x.ok and o.bumps = x.bumps returning o.id
+          delete from dmm.dmm_outbox o using x
+          where o.id = x.id and o.id in (select id from locked) and x.ok and o.bumps = x.bumps returning o.id
         ), again as (
           update dmm.dmm_outbox o set
             available_at = case when x.ok then now() else now() + x.ms * interval '1 millisecond' end,
             tries = case when x.ok then o.tries else o.tries + 1 end
-          from x where o.id = x.id and o.id not in (select id from gone)
+          from x where o.id = x.id and o.id in (select id from locked) and o.id not in (select id from gone)
           returning o.id
         )
         select (select count(*) from gone) as gone, (select count(*) from again) as again`,

@@ -29,7 +29,7 @@ export async function sweepMatters(exec: Executor, namespace: string, graceMs: n
           from c where m.namespace = ${namespace} and m.kind = c.kind and m.identity = c.identity
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
-          select ${namespace}::text, c.kind, c.identity from c
+          select ${namespace}::text, c.kind, c.identity from c order by c.kind, c.identity
           on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
           returning kind
         ), wake as (
@@ -43,9 +43,14 @@ export async function sweepMatters(exec: Executor, namespace: string, graceMs: n
 /**
  * Finds workers of the namespace whose advisory lock is free (their process or connection is
  * gone), expires their leases so the matters are claimable at once (as `recovery` runs), puts
- * those matters on the outbox and forgets the workers. Returns the dead worker ids.
+ * those matters on the outbox and forgets the workers. Returns the dead worker ids and the
+ * matters they held, so the caller can claim those at once (with NATS dispatch their tokens
+ * stay stuck with the dead consumer until JetStream's ack wait runs out).
  */
-export async function reapDeadWorkers(exec: Executor, namespace: string): Promise<{ workers: string[]; matters: number }> {
+export async function reapDeadWorkers(
+  exec: Executor,
+  namespace: string,
+): Promise<{ workers: string[]; matters: { kind: string; identity: string }[] }> {
   const dead = await rows<{ id: string }>(
     exec,
     sql`select w.id from dmm.dmm_worker w
@@ -54,26 +59,30 @@ export async function reapDeadWorkers(exec: Executor, namespace: string): Promis
                           where l.locktype = 'advisory' and l.classid = ${LOCK_CLASS}::int::oid
                             and l.objid = w.lock_key::oid and l.objsubid = 2 and l.granted)`,
   );
-  if (dead.length === 0) return { workers: [], matters: 0 };
+  if (dead.length === 0) return { workers: [], matters: [] };
   const ids = dead.map((d) => d.id);
-  const r = await rows<{ n: number }>(
+  const r = await rows<{ kind: string; identity: string }>(
     exec,
     sql`with gone as (
           delete from dmm.dmm_worker where id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb))
           returning id
+        ), held as (
+          select m.kind, m.identity from dmm.dmm_matter m
+          where m.namespace = ${namespace} and m.lease_owner in (select id from gone)
+          order by m.kind, m.identity for update of m
         ), expired as (
           update dmm.dmm_matter m set lease_until = '-infinity'
-          where m.namespace = ${namespace} and m.lease_owner in (select id from gone)
+          from held h where m.namespace = ${namespace} and m.kind = h.kind and m.identity = h.identity
           returning m.kind, m.identity
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
-          select ${namespace}::text, e.kind, e.identity from expired e
+          select ${namespace}::text, e.kind, e.identity from expired e order by e.kind, e.identity
           on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
           returning kind
         ), wake as (
           select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) k
         )
-        select (select count(*)::int from expired) as n, (select count(*) from wake) as w`,
+        select e.kind, e.identity, (select count(*) from wake) as w from expired e`,
   );
-  return { workers: ids, matters: r[0]?.n ?? 0 };
+  return { workers: ids, matters: r.map((m) => ({ kind: m.kind, identity: m.identity })) };
 }

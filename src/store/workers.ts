@@ -54,9 +54,13 @@ export async function registerWorker(client: postgres.Sql, namespace: string, id
       const kept = await conn<{ ord: number }[]>`
         with x as (
           select * from jsonb_to_recordset(${list}::jsonb) as x(ord int, kind text, identity text, epoch bigint)
+        ), locked as (
+          select x.ord from dmm.dmm_matter m join x
+            on m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
+          order by m.kind, m.identity for update of m
         )
         update dmm.dmm_matter m set lease_until = now() + ${leaseMs}::int * interval '1 millisecond'
-        from x
+        from x join locked l on l.ord = x.ord
         where m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
           and m.lease_owner = ${id} and m.lease_epoch = x.epoch and m.lease_until > now()
         returning x.ord`;

@@ -43,7 +43,9 @@ export interface EngineDeps {
   finish(items: FinishItem[]): Promise<FinishResult[]>;
   enqueue(keys: TouchItem[]): Promise<void>;
   sweep(): Promise<number>;
-  reap(): Promise<{ workers: string[]; matters: number }>;
+  reap(): Promise<{ workers: string[]; matters: TouchItem[] }>;
+  /** Hands matters reclaimed from dead workers to the runners, to claim without a token. */
+  onRecovered?: (matters: TouchItem[]) => void;
   encodeCache(kind: string, identity: string, instance: object): string;
   context: ContextDeps;
   /** Called after each run settles; tests and benchmarks observe runs through it. */
@@ -208,7 +210,8 @@ export class Engine {
       const r = await this.#deps.reap();
       if (r.workers.length > 0) {
         this.stats.reapedWorkers += r.workers.length;
-        this.#deps.log.info("sweep:dead-workers", { workers: r.workers, matters: r.matters });
+        this.#deps.log.info("sweep:dead-workers", { workers: r.workers, matters: r.matters.length });
+        if (r.matters.length > 0) this.#deps.onRecovered?.(r.matters);
       }
     } catch (err) {
       this.#deps.log.warn("sweep:error", { err: coerceError(err).message });

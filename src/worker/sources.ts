@@ -16,7 +16,11 @@ const BUSY_RETRY_MS = 25;
 /** A source that can be woken from outside (LISTEN, a timer). */
 export interface WakeableSource extends Source {
   wake(): void;
+  /** Claims these keys on the next take, without waiting for their tokens (dead-worker recovery). */
+  inject(keys: { kind: string; identity: string }[]): void;
 }
+
+const NO_TOKEN: Omit<Token, "kind" | "identity"> = { ack() {}, nak() {}, working() {} };
 
 /** Injected I/O of a token source. */
 export interface TokenSourceDeps {
@@ -69,6 +73,10 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource {
   };
   return {
     wake,
+    inject(keys) {
+      for (const k of keys) queue.unshift({ ...NO_TOKEN, kind: k.kind, identity: k.identity });
+      wake();
+    },
     async take(max) {
       if (stopper.signal.aborted) return [];
       const deficit = max - queue.length - outstanding;
@@ -139,6 +147,8 @@ export function createOutboxSource(deps: OutboxSourceDeps): WakeableSource {
   };
   return {
     wake,
+    // The outbox rows the dead-worker sweep wrote already lead here.
+    inject: () => wake(),
     async take(max) {
       notified = false;
       const r = await deps.takeAndClaim(max);
