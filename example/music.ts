@@ -36,17 +36,17 @@ export class FleetClient {
       });
     } catch (err) {
       if (signal?.aborted) throw err;
-      throw new Error(`the player fleet at ${this.url} is unreachable (${(err as Error).message})`);
+      throw new Error(`${method} ${action}: the player fleet at ${this.url} is unreachable (${(err as Error).message})`);
     }
     const text = await res.text();
     if (res.status === 429) {
       // The player asks for a pause: retry exactly then, not on the exponential backoff.
       const seconds = Number(res.headers.get("retry-after") ?? "1");
-      throw new RetryAfterError(`player ${playerId} is rate-limited (HTTP 429) on ${action}`, seconds * 1000);
+      throw new RetryAfterError(`${method} ${action}: rate-limited (HTTP 429), retry after ${seconds}s`, seconds * 1000);
     }
     if (!res.ok) {
       const reason = (JSON.parse(text || "{}") as { error?: string }).error ?? text;
-      throw new Error(`player ${playerId}: ${method} ${action} failed (HTTP ${res.status}: ${reason})`);
+      throw new Error(`${method} ${action} failed (HTTP ${res.status}: ${reason})`);
     }
     return JSON.parse(text) as unknown;
   }
