@@ -8,7 +8,7 @@ import { defineConfig } from "drizzle-kit";
 export default defineConfig({
   dialect: "postgresql",
   schema: "./src/schema/tables.ts",
-  out: "./migrations",
+  out: process.env.DMM_MIGRATIONS_OUT ?? "./migrations",
   schemaFilter: ["dmm"],
   migrations: { table: "dmm_migrations", schema: "dmm" },
   dbCredentials: { url: process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test" },

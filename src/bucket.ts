@@ -81,10 +81,13 @@ export interface Bucket {
    * array (one statement for all).
    */
   notify(instance: Materializer | Materializer[], options?: WriteOptions): Promise<void>;
-  /** Requests a run of `identity`, keeping its cache (a new matter starts with `{}`). */
-  touch(cls: MaterializerClass, identity: string, options?: WriteOptions): Promise<void>;
+  /**
+   * Requests a run of `identity`, keeping its cache (a new matter starts with `{}`). The kind
+   * is given by its class or by its registered name.
+   */
+  touch(kind: MaterializerClass | string, identity: string, options?: WriteOptions): Promise<void>;
   /** The matter's cache and status, or undefined when it was never notified. */
-  matter<M extends Materializer>(cls: MaterializerClass<M>, identity: string): Promise<MatterView<M> | undefined>;
+  matter<M extends Materializer>(kind: MaterializerClass<M> | string, identity: string): Promise<MatterView<M> | undefined>;
   /** Every matter of the bucket (optionally one kind), for status pages; at most `limit` (1000). */
   matters(options?: { kind?: string; limit?: number }): Promise<MatterView[]>;
   /** Counters of this process's worker: runs, successes, failures, sweeps. */
@@ -193,14 +196,14 @@ class BucketImpl implements Bucket, BucketInternals {
     await notifyMatters(this.#executor(options), this.namespace, items);
   }
 
-  async touch(cls: MaterializerClass, identity: string, options?: WriteOptions): Promise<void> {
+  async touch(cls: MaterializerClass | string, identity: string, options?: WriteOptions): Promise<void> {
     this.#open();
     await touchMatters(this.#executor(options), this.namespace, [this.#prepareTouch(cls, identity)]);
   }
 
-  async matter<M extends Materializer>(cls: MaterializerClass<M>, identity: string): Promise<MatterView<M> | undefined> {
+  async matter<M extends Materializer>(cls: MaterializerClass<M> | string, identity: string): Promise<MatterView<M> | undefined> {
     this.#open();
-    const entry = this.registry.classEntry(cls);
+    const entry = this.#entry(cls);
     checkIdentity(entry.kind, identity);
     const row = await readMatter(this.db.db, this.namespace, entry.kind, identity);
     return row ? (toView(row) as MatterView<M>) : undefined;
@@ -271,8 +274,12 @@ class BucketImpl implements Bucket, BucketInternals {
     return { kind: entry.kind, identity, cache: encodeCache(entry.kind, identity, instance, this.options.maxCacheBytes) };
   }
 
-  #prepareTouch(cls: MaterializerClass, identity: string): TouchItem {
-    const entry = this.registry.classEntry(cls);
+  #entry(kind: MaterializerClass | string): KindEntry {
+    return typeof kind === "string" ? this.registry.kind(kind) : this.registry.classEntry(kind);
+  }
+
+  #prepareTouch(cls: MaterializerClass | string, identity: string): TouchItem {
+    const entry = this.#entry(cls);
     return { kind: entry.kind, identity: checkIdentity(entry.kind, identity) };
   }
 

@@ -92,7 +92,7 @@ export interface Context {
    */
   notify(instance: Materializer): void;
   /** Request a run of another identity, keeping its cache; applied like `notify`. */
-  touch(cls: MaterializerClass, identity: string): void;
+  touch(kind: MaterializerClass | string, identity: string): void;
   /** Read another matter (or this one as last saved); `undefined` when it does not exist. */
   matter<M extends Materializer>(cls: MaterializerClass<M>, identity: string): Promise<MatterView<M> | undefined>;
   /**

@@ -8,7 +8,7 @@ import type { NotifyItem, TouchItem } from "../store/notify.js";
 /** What a context needs from the bucket; injected so the worker stays free of I/O imports. */
 export interface ContextDeps {
   prepareNotify(instance: Materializer): NotifyItem;
-  prepareTouch(cls: MaterializerClass, identity: string): TouchItem;
+  prepareTouch(kind: MaterializerClass | string, identity: string): TouchItem;
   readMatter<M extends Materializer>(cls: MaterializerClass<M>, identity: string): Promise<MatterView<M> | undefined>;
   /** A Drizzle transaction that first checks (and share-locks) this run's lease. */
   fencedTransaction<T>(lease: { kind: string; identity: string; owner: string; epoch: number }, fn: (tx: any) => Promise<T>): Promise<T>;
@@ -37,7 +37,7 @@ export class RunContext implements Context {
     this.notifies.push(this.deps.prepareNotify(instance));
   }
 
-  touch(cls: MaterializerClass, identity: string): void {
+  touch(cls: MaterializerClass | string, identity: string): void {
     this.touches.push(this.deps.prepareTouch(cls, identity));
   }
 

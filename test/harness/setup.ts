@@ -74,7 +74,8 @@ export function useTestEnvironment() {
       }
     }
     state.children.clear();
-    expect(leaked, "everything a test opens must be closed by the test").toEqual([]);
+    // A failed test rarely gets to its close() calls; report leaks of passing tests only.
+    if (ctx.task.result?.state !== "fail") expect(leaked, "everything a test opens must be closed by the test").toEqual([]);
   });
 
   afterAll(async () => {
