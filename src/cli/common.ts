@@ -91,6 +91,8 @@ export function databaseUrl(flag: string | undefined, env: Io["env"]): string {
   return url;
 }
 
+const DATABASE_URL_KEY = "dmmDatabaseUrl";
+
 /** Opens a small pool for one command; the caller closes it. */
 export function connect(url: string): Database {
   return openDatabase(url, { poolSize: 2, applicationName: "dmm:cli" });
@@ -101,6 +103,10 @@ export async function withDatabase<T>(url: string, fn: (db: Database) => Promise
   const db = connect(url);
   try {
     return await fn(db);
+  } catch (err) {
+    // describeFailure names the server the command actually used (a flag may override the env).
+    if (err !== null && typeof err === "object" && !(DATABASE_URL_KEY in err)) Object.assign(err, { [DATABASE_URL_KEY]: url });
+    throw err;
   } finally {
     await db.close().catch(() => {});
   }
@@ -110,7 +116,8 @@ export async function withDatabase<T>(url: string, fn: (db: Database) => Promise
  * Maps an error to its exit code and the sentence to print. Postgres errors keep their SQLSTATE
  * so that the operator can look them up.
  */
-export function describeFailure(err: unknown, url?: string): { code: number; message: string } {
+export function describeFailure(err: unknown, fallbackUrl?: string): { code: number; message: string } {
+  const url = (err as Record<string, unknown> | null)?.[DATABASE_URL_KEY] as string | undefined ?? fallbackUrl;
   if (err instanceof UsageError) return { code: EXIT.usage, message: err.message };
   if (err instanceof SchemaVersionError) return { code: EXIT.schema, message: err.message };
   if (err instanceof CommandError) return { code: EXIT.failure, message: err.message };
