@@ -4,17 +4,39 @@
  */
 import postgres from "postgres";
 import { migrate } from "../../src/bucket.js";
-import { TEMPLATE_DB, TEST_DB_PREFIX, urlFor } from "./env.js";
+import { TEST_DB_PATTERN, urlFor } from "./env.js";
 
-export default async function setup(): Promise<void> {
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export default async function setup(): Promise<() => Promise<void>> {
+  process.env.DMM_TEST_RUN = String(process.pid);
+  const template = `dmm_tpl_${process.pid}`;
   const admin = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
   try {
-    const old = await admin<{ datname: string }[]>`
-      select datname from pg_database where datname like ${`${TEST_DB_PREFIX}%`} or datname = ${TEMPLATE_DB}`;
-    for (const { datname } of old) await admin.unsafe(`drop database if exists "${datname}" with (force)`);
-    await admin.unsafe(`create database "${TEMPLATE_DB}"`);
+    const all = await admin<{ datname: string }[]>`select datname from pg_database where datname like 'dmm\_%'`;
+    for (const { datname } of all) {
+      const m = TEST_DB_PATTERN.exec(datname);
+      if (m && !alive(Number(m[1]))) await admin.unsafe(`drop database if exists "${datname}" with (force)`);
+    }
+    await admin.unsafe(`drop database if exists "${template}" with (force)`);
+    await admin.unsafe(`create database "${template}"`);
   } finally {
     await admin.end();
   }
-  await migrate(urlFor(TEMPLATE_DB));
+  await migrate(urlFor(template));
+  return async () => {
+    const end = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
+    try {
+      await end.unsafe(`drop database if exists "${template}" with (force)`);
+    } finally {
+      await end.end();
+    }
+  };
 }

@@ -9,14 +9,14 @@ import { randomBytes } from "node:crypto";
 import postgres from "postgres";
 import { open } from "../../src/bucket.js";
 import { SchemaVersionError } from "../../src/errors.js";
-import { urlFor } from "../harness/env.js";
+import { TEST_DB_PREFIX, urlFor } from "../harness/env.js";
 import { useTestEnvironment } from "../harness/setup.js";
 
 const env = useTestEnvironment();
 const MIGRATE = fileURLToPath(new URL("../harness/migrate-process.ts", import.meta.url));
 
 async function withEmptyDatabase(fn: (url: string) => Promise<void>): Promise<void> {
-  const name = `dmm_t_empty_${randomBytes(4).toString("hex")}`;
+  const name = `${TEST_DB_PREFIX}empty_${randomBytes(4).toString("hex")}`;
   const admin = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
   await admin.unsafe(`create database "${name}"`);
   try {
