@@ -35,7 +35,7 @@ import {
 } from "./store/index.js";
 import { openTokens, type NatsInput, type Tokens } from "./nats/index.js";
 import { Engine, runKind, type EngineStats, type RunEndEvent } from "./worker/engine.js";
-import { createOutboxSource, createTokenSource, type WakeableSource } from "./worker/sources.js";
+import { createOutboxSource, createSwitchingSource, createTokenSource, type WakeableSource } from "./worker/sources.js";
 import type { ContextDeps } from "./worker/context.js";
 import { startRelay, type Relay } from "./relay/relay.js";
 
@@ -73,6 +73,11 @@ export interface Bucket {
   readonly namespace: string;
   /** "nats" when tokens travel over JetStream, "postgres" for Postgres-only dispatch. */
   readonly dispatch: "nats" | "postgres";
+  /**
+   * True while this process dispatches through Postgres because NATS is unreachable (only with
+   * `nats` configured).
+   */
+  readonly natsFallback: boolean;
   /** Declares a kind and the class that materializes it. */
   register<M extends Materializer>(kind: string, cls: MaterializerClass<M>, options?: KindOptions): WorkStream<M>;
   /**
@@ -169,6 +174,11 @@ class BucketImpl implements Bucket, BucketInternals {
   #relay: Relay | null = null;
   #unlisten: (() => Promise<void>) | null = null;
   #closing: Promise<void> | null = null;
+  #fallback = false;
+  #fallbackTimer: NodeJS.Timeout | null = null;
+  #probe: NodeJS.Timeout | null = null;
+  #relayFailures = 0;
+  readonly #switching = new Set<{ modeChanged(): void }>();
 
   constructor(
     readonly options: ResolvedOptions,
@@ -177,6 +187,48 @@ class BucketImpl implements Bucket, BucketInternals {
   ) {
     this.namespace = options.namespace;
     this.dispatch = tokens ? "nats" : "postgres";
+    tokens?.onConnectivity((up) => {
+      if (up) {
+        if (this.#fallbackTimer) clearTimeout(this.#fallbackTimer);
+        this.#fallbackTimer = null;
+        return;
+      }
+      this.#fallbackTimer ??= setTimeout(() => {
+        this.#fallbackTimer = null;
+        this.#setFallback(true, "NATS connection lost");
+      }, options.natsFallbackMs);
+      this.#fallbackTimer.unref();
+    });
+  }
+
+  get natsFallback(): boolean {
+    return this.#fallback;
+  }
+
+  /**
+   * Switches this process between JetStream and Postgres dispatch. While on Postgres, a probe
+   * asks JetStream every second and switches back as soon as it answers.
+   */
+  #setFallback(on: boolean, reason: string): void {
+    if (on === this.#fallback || this.#stop.signal.aborted) return;
+    this.#fallback = on;
+    const log = this.options.logger;
+    if (on) {
+      log.warn("dispatch:fallback", { namespace: this.namespace, to: "postgres", reason });
+      this.#probe = setInterval(() => {
+        void this.tokens!.healthy(1_000).then((ok) => {
+          if (ok) this.#setFallback(false, "NATS answers again");
+        });
+      }, 1_000);
+      this.#probe.unref();
+    } else {
+      log.info("dispatch:restored", { namespace: this.namespace, to: "nats", reason });
+      if (this.#probe) clearInterval(this.#probe);
+      this.#probe = null;
+      this.#relayFailures = 0;
+      this.#relay?.wake();
+    }
+    for (const s of this.#switching) s.modeChanged();
   }
 
   register<M extends Materializer>(kind: string, cls: MaterializerClass<M>, options?: KindOptions): WorkStream<M> {
@@ -244,6 +296,8 @@ class BucketImpl implements Bucket, BucketInternals {
 
   async #close(): Promise<void> {
     this.#stop.abort(new ClosedError(`The bucket "${this.namespace}" is closed.`));
+    if (this.#fallbackTimer) clearTimeout(this.#fallbackTimer);
+    if (this.#probe) clearInterval(this.#probe);
     const engine = this.#engine ?? (await this.#engineStarting?.catch(() => null)) ?? null;
     await engine?.stop();
     await Promise.allSettled([...this.#works]);
@@ -307,9 +361,14 @@ class BucketImpl implements Bucket, BucketInternals {
 
   #source(entry: KindEntry, engine: Engine): WakeableSource {
     const { namespace, options } = this;
+    const outbox = createOutboxSource({
+      pollIntervalMs: options.pollIntervalMs,
+      takeAndClaim: async (max) => takeAndClaim(this.db.db, namespace, await engine.owner(), options.leaseMs, [entry.kind], max),
+      nextInMs: () => nextOutboxInMs(this.db.db, namespace, [entry.kind]),
+    });
     if (this.tokens) {
       const tokens = this.tokens;
-      return createTokenSource({
+      const fromTokens = createTokenSource({
         kind: entry.kind,
         log: options.logger,
         expiresMs: Math.max(1_000, options.pollIntervalMs * 5),
@@ -317,23 +376,36 @@ class BucketImpl implements Bucket, BucketInternals {
           tokens.fetch(entry.kind, max, expiresMs, (subject) => options.logger.warn("tokens:garbage", { subject }), signal),
         claim: async (keys) => claimKeys(this.db.db, namespace, await engine.owner(), options.leaseMs, keys),
       });
+      const switching = createSwitchingSource(fromTokens, outbox, () => this.#fallback);
+      this.#switching.add(switching);
+      const close = switching.close.bind(switching);
+      switching.close = async () => {
+        this.#switching.delete(switching);
+        await close();
+      };
+      return switching;
     }
-    return createOutboxSource({
-      pollIntervalMs: options.pollIntervalMs,
-      takeAndClaim: async (max) => takeAndClaim(this.db.db, namespace, await engine.owner(), options.leaseMs, [entry.kind], max),
-      nextInMs: () => nextOutboxInMs(this.db.db, namespace, [entry.kind]),
-    });
+    return outbox;
   }
 
-  #relayOnce() {
+  async #relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number }> {
+    // While NATS is down the workers take outbox rows themselves; publishing would only fail.
+    if (this.#fallback) return { taken: 0, dispatched: 0, deferred: 0 };
     const tokens = this.tokens!;
-    return relayOutbox(this.db.db, this.namespace, this.options.relayBatchSize, async (batch) => {
+    let failed = false;
+    const result = await relayOutbox(this.db.db, this.namespace, this.options.relayBatchSize, async (batch) => {
       const { results, errors } = await tokens.publish(
         batch.map((r) => ({ kind: r.kind, identity: r.identity, msgId: `${this.namespace}:${r.id}` })),
       );
-      if (errors.length > 0) this.options.logger.warn("relay:publish:error", { failed: errors.length, err: String((errors[0] as Error)?.message ?? errors[0]) });
+      if (errors.length > 0) {
+        failed = errors.length === batch.length;
+        this.options.logger.warn("relay:publish:error", { failed: errors.length, err: String((errors[0] as Error)?.message ?? errors[0]) });
+      }
       return results;
     });
+    this.#relayFailures = failed ? this.#relayFailures + 1 : 0;
+    if (this.#relayFailures >= 3) this.#setFallback(true, "JetStream refuses publishes");
+    return result;
   }
 
   #startEngine(): Promise<Engine> {
@@ -397,7 +469,7 @@ class BucketImpl implements Bucket, BucketInternals {
   #onOutbox(payload: string): void {
     const colon = payload.indexOf(":");
     if (payload.slice(0, colon) !== this.namespace) return;
-    if (this.#relay) {
+    if (this.#relay && !this.#fallback) {
       this.#relay.wake();
       return;
     }

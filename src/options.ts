@@ -46,8 +46,13 @@ export interface OpenOptions {
   shutdownGraceMs?: number;
   /** Connections in the pool dmm opens from a URL. Defaults to 10. */
   poolSize?: number;
-  /** Outbox rows the relay publishes per transaction. Defaults to 500. */
+  /** Outbox rows the relay publishes per round. Defaults to 500. */
   relayBatchSize?: number;
+  /**
+   * With NATS: how long JetStream may be unreachable before this process's workers switch to
+   * Postgres-only dispatch (they switch back as soon as it answers again). Defaults to 2 000 ms.
+   */
+  natsFallbackMs?: number;
 }
 
 /** Options after defaults and checks. @internal */
@@ -66,6 +71,7 @@ export interface ResolvedOptions {
   shutdownGraceMs: number;
   poolSize: number;
   relayBatchSize: number;
+  natsFallbackMs: number;
 }
 
 /** Fills defaults and checks every field and cross-field rule. @internal */
@@ -98,6 +104,7 @@ export function resolveOptions(namespace: string, options: OpenOptions | undefin
     shutdownGraceMs: ms("shutdownGraceMs", options.shutdownGraceMs, 10_000, 0),
     poolSize: ms("poolSize", options.poolSize, 10, 3),
     relayBatchSize: ms("relayBatchSize", options.relayBatchSize, 500, 1),
+    natsFallbackMs: ms("natsFallbackMs", options.natsFallbackMs, 2_000, 0),
   };
 }
 

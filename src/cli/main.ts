@@ -5,10 +5,17 @@
 import { runCli } from "./run.js";
 
 const controller = new AbortController();
+let firstSignalAt = 0;
 const stop = () => {
-  // A second Ctrl-C while stopping exits at once.
-  if (controller.signal.aborted) process.exit(130);
-  controller.abort();
+  const now = Date.now();
+  if (firstSignalAt === 0) {
+    firstSignalAt = now;
+    controller.abort();
+  } else if (now - firstSignalAt > 1_000) {
+    // A second, separate Ctrl-C exits at once. (One press can arrive twice a few milliseconds
+    // apart when npm or tsx relay it; that repeat is ignored.)
+    process.exit(130);
+  }
 };
 process.on("SIGINT", stop);
 process.on("SIGTERM", stop);

@@ -56,6 +56,10 @@ export interface Tokens {
   fetch(kind: string, max: number, expiresMs: number, onGarbage: (subject: string) => void, signal?: AbortSignal): AsyncIterable<Token>;
   /** Deletes every token of the bucket (tests and the chaos run use it to lose tokens on purpose). */
   purge(): Promise<void>;
+  /** Calls `listener(false)` when the connection drops or goes stale, `listener(true)` when it is back. */
+  onConnectivity(listener: (up: boolean) => void): void;
+  /** True when the server answers JetStream requests for the bucket's stream within `timeoutMs`. */
+  healthy(timeoutMs: number): Promise<boolean>;
   /** Closes the connection if dmm opened it. */
   close(): Promise<void>;
 }
@@ -76,7 +80,9 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
     const options: NodeConnectionOptions =
       typeof input === "string" ? { servers: input.split(",") } : (input as NodeConnectionOptions);
     try {
-      nc = await connect({ name: `dmm:${namespace}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, ...options });
+      // Pings every 2 s, three unanswered ones mean stale: a half-open connection is noticed in
+      // seconds rather than the client's default minutes.
+      nc = await connect({ name: `dmm:${namespace}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, pingInterval: 2_000, maxPingOut: 3, ...options });
     } catch (err) {
       throw new ConnectionError(
         `Could not connect to NATS at ${JSON.stringify(options.servers)}: ${(err as Error).message}. Start nats-server with JetStream (-js), fix the URL, or omit the nats option to dispatch through Postgres only.`,
@@ -179,6 +185,24 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
     },
     async purge() {
       await jsm.streams.purge(stream);
+    },
+    onConnectivity(listener) {
+      void (async () => {
+        for await (const status of nc.status()) {
+          if (status.type === "disconnect" || status.type === "staleConnection") listener(false);
+          else if (status.type === "reconnect") listener(true);
+        }
+      })().catch(() => {});
+    },
+    async healthy(timeoutMs) {
+      if (nc.isClosed()) return false;
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<boolean>((r) => (timer = setTimeout(() => r(false), timeoutMs)));
+      try {
+        return await Promise.race([jsm.streams.info(stream).then(() => true, () => false), timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
     },
     async close() {
       if (owned && !nc.isClosed()) await nc.drain().catch(() => nc.close());

@@ -88,8 +88,9 @@ export async function rows<T>(exec: Executor, query: SQL): Promise<T[]> {
  * wraps network-level failures in `ConnectionError`.
  */
 export function asConnectionError(err: unknown): unknown {
-  const inner = (err as { cause?: { severity?: unknown } } | null)?.cause;
-  if (inner && typeof inner === "object" && "severity" in inner) err = inner;
+  // Drizzle wraps every failure with the whole query text in its message; keep the cause.
+  const inner = (err as { cause?: unknown } | null)?.cause;
+  if (inner instanceof Error && err !== null && typeof err === "object" && "query" in err && "params" in err) err = inner;
   const code = (err as { code?: string } | null)?.code;
   if (code && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|CONNECTION_|CONNECT_TIMEOUT|57P0)/.test(code)) {
     return new ConnectionError(`Postgres is unreachable or dropped the connection (${code}); dmm retries with backoff.`, { cause: err });

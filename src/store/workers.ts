@@ -2,16 +2,25 @@
  * Worker membership and leases: each worker process holds a session advisory lock on its own
  * key for as long as it lives, and extends the leases of its runs over that same session, so a
  * heartbeat that succeeds proves both that the worker is alive and that its lock is held.
+ *
+ * The session is a dedicated one-connection postgres.js client rather than a reserved
+ * connection of the pool: postgres.js 3.4 can crash the process when a query is written to a
+ * reserved connection whose socket closed (a Postgres restart), while a client simply
+ * reconnects. A reconnect silently drops the advisory lock, so every heartbeat compares the
+ * backend pid with the one that took the lock and reports the session lost when it changed.
  */
 import { hostname } from "node:os";
 import { randomInt } from "node:crypto";
-import type postgres from "postgres";
+import postgres from "postgres";
 import { LOCK_CLASS } from "./migrate.js";
 
-/** A live worker's session: the reserved connection that holds its advisory lock. */
+/** A live worker's session: the connection that holds its advisory lock. */
 export interface WorkerSession {
   readonly id: string;
-  /** Extends the leases of `keys` held at `epoch`; returns the keys whose lease is gone. */
+  /**
+   * Extends the leases of `keys` held at their epochs; returns the keys whose lease is gone.
+   * Throws `SessionLostError` when the session's connection (and so its lock) was lost.
+   */
   heartbeat(keys: LeaseKey[], leaseMs: number): Promise<LeaseKey[]>;
   /** Forgets the worker and releases its lock and connection. */
   close(): Promise<void>;
@@ -24,59 +33,94 @@ export interface LeaseKey {
   epoch: number;
 }
 
+/** The worker's session connection was replaced or closed: its advisory lock is gone. */
+export class SessionLostError extends Error {
+  override name = "SessionLostError";
+}
+
+/** Connection settings of `client`, for a dedicated connection to the same server. */
+function sessionOptions(client: postgres.Sql): postgres.Options<Record<string, never>> {
+  const o = client.options as unknown as Record<string, unknown>;
+  return {
+    host: o.host as string,
+    port: o.port as number,
+    path: o.path as string | undefined,
+    database: o.database as string,
+    user: o.user as string,
+    pass: o.pass as string,
+    ssl: o.ssl as boolean,
+    connect_timeout: o.connect_timeout as number,
+    keep_alive: o.keep_alive as number,
+    connection: { ...(o.connection as Record<string, string>), application_name: "dmm:session" },
+    max: 1,
+    max_lifetime: 0,
+    idle_timeout: 0,
+    onnotice: () => {},
+  } as postgres.Options<Record<string, never>>;
+}
+
 /**
- * Registers a worker: reserves a connection, takes the advisory lock on a fresh key and records
- * the worker in dmm_worker (lock first, row second, so no sweep ever sees the row unlocked).
+ * Registers a worker: opens its session connection, takes the advisory lock on a fresh key and
+ * records the worker in dmm_worker (lock first, row second, so no sweep ever sees the row
+ * unlocked).
  */
 export async function registerWorker(client: postgres.Sql, namespace: string, id: string): Promise<WorkerSession> {
-  const conn = await client.reserve();
+  const conn = postgres(sessionOptions(client));
+  let pid = 0;
   try {
     let key = 0;
     for (let i = 0; i < 10 && key === 0; i++) {
       const candidate = randomInt(1, 2 ** 31 - 1);
-      const r = await conn`select pg_try_advisory_lock(${LOCK_CLASS}, ${candidate}) as ok`;
-      if (r[0]!.ok) key = candidate;
+      const [r] = await conn`select pg_try_advisory_lock(${LOCK_CLASS}, ${candidate}) as ok, pg_backend_pid() as pid`;
+      if (r!.ok) {
+        key = candidate;
+        pid = r!.pid as number;
+      }
     }
     if (key === 0) throw new Error("could not take a free advisory lock key after 10 tries");
     await conn`insert into dmm.dmm_worker (id, namespace, lock_key, host, pid)
                values (${id}, ${namespace}, ${key}, ${hostname()}, ${process.pid})`;
   } catch (err) {
-    conn.release();
+    await conn.end({ timeout: 1 }).catch(() => {});
     throw err;
   }
   let closed = false;
   return {
     id,
     async heartbeat(keys, leaseMs) {
-      // Runs even with no keys: a failing query here means the lock session is gone.
-      // postgres.js directly: Drizzle cannot wrap a reserved connection.
       const list = JSON.stringify(keys.map((k, ord) => ({ ord, ...k })));
-      const kept = await conn<{ ord: number }[]>`
+      const [r] = await conn<{ pid: number; kept: number[] }[]>`
         with x as (
           select * from jsonb_to_recordset(${list}::jsonb) as x(ord int, kind text, identity text, epoch bigint)
         ), locked as (
           select x.ord from dmm.dmm_matter m join x
             on m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
           order by m.kind, m.identity for update of m
+        ), kept as (
+          update dmm.dmm_matter m set lease_until = now() + ${leaseMs}::int * interval '1 millisecond'
+          from x join locked l on l.ord = x.ord
+          where m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
+            and m.lease_owner = ${id} and m.lease_epoch = x.epoch and m.lease_until > now()
+          returning x.ord
         )
-        update dmm.dmm_matter m set lease_until = now() + ${leaseMs}::int * interval '1 millisecond'
-        from x join locked l on l.ord = x.ord
-        where m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
-          and m.lease_owner = ${id} and m.lease_epoch = x.epoch and m.lease_until > now()
-        returning x.ord`;
-      const alive = new Set(kept.map((k) => k.ord));
+        select pg_backend_pid() as pid, coalesce((select json_agg(ord) from kept), '[]'::json) as kept`;
+      if (r!.pid !== pid) {
+        throw new SessionLostError(`the session connection of worker ${id} was replaced (backend ${pid} → ${r!.pid}); its advisory lock is gone`);
+      }
+      const alive = new Set(r!.kept);
       return keys.filter((_, i) => !alive.has(i));
     },
     async close() {
       if (closed) return;
       closed = true;
       try {
-        await conn`delete from dmm.dmm_worker where id = ${id}`;
-        await conn`select pg_advisory_unlock_all()`;
+        const [r] = await conn`select pg_backend_pid() as pid`;
+        // Only the session that holds the lock may speak for the worker.
+        if (r!.pid === pid) await conn`delete from dmm.dmm_worker where id = ${id}`;
       } catch {
-        /* the session may already be gone; its lock went with it */
+        /* the session is gone, and its lock with it; the sweep forgets the worker */
       } finally {
-        conn.release();
+        await conn.end({ timeout: 1 }).catch(() => {});
       }
     },
   };

@@ -167,10 +167,20 @@ export class Engine {
       }
       const leases = [...this.#leases.values()];
       for (const l of leases) l.token?.working();
-      const lost = await session.heartbeat(
-        leases.map((l) => ({ kind: l.kind, identity: l.identity, epoch: l.epoch })),
-        this.#deps.leaseMs,
-      );
+      // A heartbeat that cannot answer before our leases could expire (a half-open connection,
+      // a stalled server) counts as a lost session: better to abort runs than to let them go on
+      // after another worker may have taken their matters over.
+      const deadlineMs = Math.max(this.#deps.heartbeatMs, this.#deps.leaseMs - this.#deps.heartbeatMs);
+      let timer: NodeJS.Timeout | undefined;
+      const lost = await Promise.race([
+        session.heartbeat(
+          leases.map((l) => ({ kind: l.kind, identity: l.identity, epoch: l.epoch })),
+          this.#deps.leaseMs,
+        ),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`heartbeat got no answer within ${deadlineMs} ms`)), deadlineMs);
+        }),
+      ]).finally(() => clearTimeout(timer));
       for (const key of lost) {
         const lease = this.#leases.get(leaseId(key.kind, key.identity));
         if (lease && lease.epoch === key.epoch) {

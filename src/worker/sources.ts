@@ -176,3 +176,42 @@ export function createOutboxSource(deps: OutboxSourceDeps): WakeableSource {
     },
   };
 }
+
+/**
+ * Dispatch that follows the bucket's NATS health: tokens while JetStream is reachable, the
+ * Postgres outbox while it is not (`usePostgres()` true). Both claim through the same fenced
+ * statements, so switching mid-flight is safe; tokens left in the stream are claimed (or acked
+ * as idle) once NATS is back.
+ */
+export function createSwitchingSource(tokens: WakeableSource, outbox: WakeableSource, usePostgres: () => boolean): WakeableSource & {
+  modeChanged(): void;
+} {
+  let changed: (() => void) | null = null;
+  const current = () => (usePostgres() ? outbox : tokens);
+  return {
+    wake() {
+      tokens.wake();
+      outbox.wake();
+    },
+    inject(keys) {
+      current().inject(keys);
+    },
+    take(max) {
+      return current().take(max);
+    },
+    ready(signal) {
+      const modeSwitch = new Promise<void>((resolve) => (changed = resolve));
+      return Promise.race([current().ready(signal), modeSwitch]).finally(() => (changed = null));
+    },
+    modeChanged() {
+      const c = changed;
+      changed = null;
+      c?.();
+      tokens.wake();
+      outbox.wake();
+    },
+    async close() {
+      await Promise.all([tokens.close(), outbox.close()]);
+    },
+  };
+}
