@@ -18,6 +18,7 @@ import { SONGS, startFleet, type Fleet } from "./fleet.js";
 import { FleetClient, Music } from "./music.js";
 import { startObserver, type Observer } from "./observer.js";
 import { musicPlayers } from "./schema.js";
+import { onStopSignals } from "./signals.js";
 
 const PLAYERS = 5;
 const PHASE_TIMEOUT_MS = 60_000;
@@ -35,9 +36,7 @@ interface Player {
 
 async function main(): Promise<number> {
   const stop = new AbortController();
-  const onSignal = () => stop.abort();
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  const unsubscribe = onStopSignals(() => stop.abort());
 
   let embedded: EmbeddedDatabase | undefined;
   let app: App | undefined;
@@ -128,8 +127,7 @@ async function main(): Promise<number> {
       await embedded.stop();
       say("embedded Postgres stopped and its temp dir removed");
     }
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    unsubscribe();
     say(`demo finished in ${elapsed()}`);
   }
 }

@@ -21,6 +21,7 @@ import { SONGS, startFleet } from "./fleet.js";
 import { FleetClient, Music } from "./music.js";
 import { startObserver } from "./observer.js";
 import { musicPlayers } from "./schema.js";
+import { onStopSignals } from "./signals.js";
 
 const HELP = `Usage: npm run example -- <command> [options]
 
@@ -168,16 +169,16 @@ async function worker(args: string[]): Promise<number> {
   console.log(`fleet listening on ${fleet.url} (latency ${fleetOptions.latencyMs} ms, fail rate ${fleetOptions.failRate})`);
   const observer = startObserver(app.bucket, fleet.url, log);
   const stop = new AbortController();
-  const onSignal = () => {
-    if (stop.signal.aborted) {
+  const unsubscribe = onStopSignals(
+    () => {
+      console.log("stopping: waiting for runs in flight to finish (Ctrl-C again to force)");
+      stop.abort();
+    },
+    () => {
       console.error("second signal: exiting now (runs in flight are abandoned; their leases expire)");
       process.exit(130);
-    }
-    console.log("stopping: waiting for runs in flight to finish (Ctrl-C again to force)");
-    stop.abort();
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+    },
+  );
   const working = app.music.work({ concurrency, signal: stop.signal });
   console.log(
     `worker running: namespace ${app.bucket.namespace}, dispatch ${app.bucket.dispatch}, concurrency ${concurrency}. Ctrl-C stops.`,
@@ -191,8 +192,7 @@ async function worker(args: string[]): Promise<number> {
     await app.close();
     const stats = app.bucket.stats();
     await fleet.close();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    unsubscribe();
     console.log(
       `stopped cleanly: ${stats.runs} runs (${stats.succeeded} ok, ${stats.failed} failed, ${stats.parked} parked); observer notified ${observer.counters.notified} time(s)`,
     );
@@ -273,10 +273,9 @@ async function debug(args: string[]): Promise<number> {
   try {
     if (values.watch) {
       const stop = new AbortController();
-      const onSignal = () => stop.abort();
-      process.once("SIGINT", onSignal);
-      process.once("SIGTERM", onSignal);
+      const unsubscribe = onStopSignals(() => stop.abort());
       await watchStatus(frame, { intervalMs, signal: stop.signal });
+      unsubscribe();
       return 0;
     }
     console.log(await frame());
