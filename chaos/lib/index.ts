@@ -9,4 +9,5 @@ export * from "./nats-server.js";
 export * from "./ports.js";
 export * from "./postgres-server.js";
 export * from "./proxy.js";
+export * from "./random.js";
 export * from "./wait.js";

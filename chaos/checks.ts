@@ -1,0 +1,216 @@
+/**
+ * The checks a chaos run ends with. Each reads the run's own record (notify log, ledger, cache
+ * writes, the notifier's in-memory list) and dmm's tables, and returns its violations: zero
+ * for every check, or the run fails.
+ *
+ * | check | invariant | what counts as a violation |
+ * |---|---|---|
+ * | `overlap` | 1 | a run started (fenced) before an earlier-started run of the same identity ended (fenced) |
+ * | `epoch-order` | 1 | runs of one identity whose lease epochs do not grow with their start times |
+ * | `notify-followed` | 2 | a committed notify (generation G) with no completed run that started after it and saw G or later |
+ * | `converged` | 2 | an identity whose cache does not hold its last committed value, run at its last generation, by the deadline |
+ * | `zombie-write` | 4 | a committed cache save from a run that did not hold the lease (epoch, owner, expiry) when it committed |
+ * | `final-cache` | 4 | a final cache not written by the last completed run, or holding a value that run did not see |
+ * | `lost-notify` | 6 | an acknowledged notify missing from Postgres; generations that are not exactly 1..N per identity |
+ * | `half-done-notify` | 6 | a notify whose commit failed and did not commit, yet some run saw its value |
+ * | `torn-read` | 2, 6 | a run that saw a generation with a value other than the one that generation's notify wrote |
+ */
+import type postgres from "postgres";
+import type { NotifyRecord } from "./notifier.js";
+
+/** One check's outcome. */
+export interface CheckResult {
+  name: string;
+  violations: number;
+  /** Up to 5 examples, for the report. */
+  samples: unknown[];
+}
+
+/** Figures the checks compute on the way. */
+export interface CheckFigures {
+  ledgerRuns: number;
+  completedRuns: number;
+  /** Runs by `ctx.reason`. */
+  runsByReason: Record<string, number>;
+  cacheSaves: number;
+  notifyLogRows: number;
+  unknownCommitted: number;
+  unknownRolledBack: number;
+  /** Commit of a notify → end of the first completed run that saw it, ms. */
+  notifyToRunMs: { p50: number; p99: number; max: number } | null;
+}
+
+/** Every identity converged: run at its last generation, cache applied == value, no lease. */
+export async function convergence(sql: postgres.Sql, namespaces: string[]): Promise<{ done: number; total: number }> {
+  const [r] = await sql<{ done: number; total: number }[]>`
+    select count(*) filter (where observed_generation = generation and lease_owner is null
+                              and (cache->'applied') = (cache->'value'))::int as done,
+           count(*)::int as total
+    from dmm.dmm_matter where namespace in ${sql(namespaces)}`;
+  return r!;
+}
+
+/** Runs every check; see the module comment. */
+export async function runChecks(
+  sql: postgres.Sql,
+  namespaces: string[],
+  identities: number,
+  notifies: NotifyRecord[],
+  converged: boolean,
+): Promise<{ checks: CheckResult[]; figures: CheckFigures }> {
+  const checks: CheckResult[] = [];
+  const add = (name: string, rows: readonly unknown[]) => checks.push({ name, violations: rows.length, samples: [...rows.slice(0, 5)] });
+
+  // 1. No two runs of one identity at once. Each run's interval runs from its fenced start
+  // write to its fenced end write (just its start when it never ended: killed or lease lost).
+  add(
+    "overlap",
+    await sql`
+      with l as (
+        select namespace, identity, token, epoch, slot, started_at as s, coalesce(ended_at, started_at) as e from chaos.ledger
+        where namespace in ${sql(namespaces)}
+      ), w as (
+        select *, max(e) over (partition by namespace, identity order by s, token rows between unbounded preceding and 1 preceding) as prev_end
+        from l
+      )
+      select namespace, identity, epoch, slot, s::text as started, prev_end::text as earlier_run_ended from w where s < prev_end`,
+  );
+  add(
+    "epoch-order",
+    await sql`
+      select namespace, identity, epoch, prev_epoch from (
+        select namespace, identity, epoch, lag(epoch) over (partition by namespace, identity order by started_at, token) as prev_epoch
+        from chaos.ledger where namespace in ${sql(namespaces)}) x
+      where epoch <= prev_epoch`,
+  );
+
+  // 2. Every committed notify (acknowledged or found committed after all) is followed by a
+  // completed run that started after it and saw its generation or a later one.
+  const followed = await sql<{ namespace: string; identity: string; generation: string; at: Date; started: Date | null; ended: Date | null }[]>`
+    select n.namespace, n.identity, n.generation::text, n.at, f.started_at as started, f.ended_at as ended
+    from chaos.notify_log n
+    left join lateral (
+      select l.started_at, l.ended_at from chaos.ledger l
+      where l.namespace = n.namespace and l.identity = n.identity and l.ended_at is not null and l.generation >= n.generation
+      order by l.started_at limit 1) f on true
+    where n.namespace in ${sql(namespaces)}`;
+  add(
+    "notify-followed",
+    followed.filter((f) => f.started === null || f.started <= f.at).map((f) => ({ ...f, at: f.at.toISOString(), started: f.started?.toISOString() ?? null })),
+  );
+  const lat = followed.filter((f) => f.ended).map((f) => f.ended!.getTime() - f.at.getTime()).sort((a, b) => a - b);
+  const q = (p: number) => lat[Math.min(lat.length - 1, Math.floor(p * lat.length))]!;
+  const notifyToRunMs = lat.length ? { p50: q(0.5), p99: q(0.99), max: lat[lat.length - 1]! } : null;
+
+  add(
+    "converged",
+    converged
+      ? []
+      : await sql`
+          select namespace, identity, generation::text, observed_generation::text as observed, cache->'value' as value, cache->'applied' as applied,
+                 lease_owner, attempts, last_error
+          from dmm.dmm_matter
+          where namespace in ${sql(namespaces)}
+            and not (observed_generation = generation and lease_owner is null and (cache->'applied') = (cache->'value'))`,
+  );
+
+  // 4. No cache save committed from a run that had lost its lease.
+  add(
+    "zombie-write",
+    await sql`
+      select w.namespace, w.identity, w.run_epoch::text, w.lease_epoch::text, w.run_owner, w.lease_owner, w.lease_until::text, w.tx_now::text,
+             (l.token is null) as no_ledger, (l.ended_at is null) as not_ended
+      from chaos.cache_writes w left join chaos.ledger l on l.token = w.token
+      where w.namespace in ${sql(namespaces)}
+        and (w.run_epoch is distinct from w.lease_epoch or w.run_owner is distinct from w.lease_owner
+             or w.lease_until is null or w.lease_until <= w.tx_now
+             or l.token is null or l.ended_at is null or l.epoch <> w.run_epoch)`,
+  );
+  add(
+    "final-cache",
+    await sql`
+      with last as (
+        select distinct on (namespace, identity) namespace, identity, token, epoch, value
+        from chaos.ledger where ended_at is not null and namespace in ${sql(namespaces)}
+        order by namespace, identity, epoch desc
+      ), expected as (
+        select distinct on (namespace, identity) namespace, identity, value, generation
+        from chaos.notify_log where namespace in ${sql(namespaces)}
+        order by namespace, identity, generation desc
+      )
+      select m.namespace, m.identity, m.cache, last.token as last_run, last.epoch::text as last_epoch, last.value::text as last_run_value,
+             e.value::text as expected_value
+      from dmm.dmm_matter m
+      left join last on last.namespace = m.namespace and last.identity = m.identity
+      left join expected e on e.namespace = m.namespace and e.identity = m.identity
+      where m.namespace in ${sql(namespaces)}
+        and (last.token is null or (m.cache->>'runToken')::uuid is distinct from last.token
+             or (m.cache->>'runEpoch')::bigint is distinct from last.epoch
+             or (m.cache->>'applied')::bigint is distinct from last.value
+             or (m.cache->>'value')::bigint is distinct from e.value)`,
+  );
+
+  // 6. Nothing committed was lost, nothing rolled back happened.
+  const logged = await sql<{ namespace: string; identity: string; value: string; generation: string }[]>`
+    select namespace, identity, value::text, generation::text from chaos.notify_log where namespace in ${sql(namespaces)}`;
+  const byValue = new Map<string, number>();
+  for (const l of logged) byValue.set(`${l.namespace}\u0000${l.identity}\u0000${l.value}`, Number(l.generation));
+  const lost: unknown[] = [];
+  let unknownCommitted = 0;
+  const rolledBack: NotifyRecord[] = [];
+  for (const n of notifies) {
+    const g = byValue.get(`${n.namespace}\u0000${n.identity}\u0000${n.value}`);
+    if (n.outcome === "committed") {
+      if (g === undefined || g !== n.generation) lost.push({ ...n, logged: g ?? null });
+    } else if (g === undefined) rolledBack.push(n);
+    else unknownCommitted++;
+  }
+  const integrity = await sql`
+    with s as (
+      select namespace, identity, count(*) as n, count(distinct generation) as d, min(generation) as lo, max(generation) as hi
+      from chaos.notify_log where namespace in ${sql(namespaces)} group by namespace, identity
+    )
+    select coalesce(m.namespace, s.namespace) as namespace, coalesce(m.identity, s.identity) as identity,
+           m.generation::text as matter_generation, s.n::text as logged, s.d::text as distinct_generations, s.lo::text, s.hi::text
+    from (select * from dmm.dmm_matter where namespace in ${sql(namespaces)}) m
+    full join s on s.namespace = m.namespace and s.identity = m.identity
+    where s.n is null or m.generation is null or not (s.n = s.d and s.lo = 1 and s.hi = s.n and m.generation = s.hi)`;
+  const [count] = await sql<{ n: number }[]>`select count(*)::int as n from dmm.dmm_matter where namespace in ${sql(namespaces)}`;
+  const missing = count!.n === namespaces.length * identities ? [] : [{ matters: count!.n, expected: namespaces.length * identities }];
+  add("lost-notify", [...lost, ...integrity, ...missing]);
+
+  const seen = await sql<{ namespace: string; identity: string; value: string }[]>`
+    select distinct namespace, identity, value::text from chaos.ledger where namespace in ${sql(namespaces)}`;
+  const seenSet = new Set(seen.map((s) => `${s.namespace}\u0000${s.identity}\u0000${s.value}`));
+  add(
+    "half-done-notify",
+    rolledBack.filter((n) => seenSet.has(`${n.namespace}\u0000${n.identity}\u0000${n.value}`)),
+  );
+  add(
+    "torn-read",
+    await sql`
+      select l.namespace, l.identity, l.generation::text, l.value::text as run_saw, n.value::text as notified
+      from chaos.ledger l left join chaos.notify_log n
+        on n.namespace = l.namespace and n.identity = l.identity and n.generation = l.generation
+      where l.namespace in ${sql(namespaces)} and (n.value is null or n.value <> l.value)`,
+  );
+
+  const [runs] = await sql<{ all: number; completed: number }[]>`
+    select count(*)::int as all, count(ended_at)::int as completed from chaos.ledger where namespace in ${sql(namespaces)}`;
+  const reasons = await sql<{ reason: string; n: number }[]>`
+    select reason, count(*)::int as n from chaos.ledger where namespace in ${sql(namespaces)} group by reason order by reason`;
+  const [saves] = await sql<{ n: number }[]>`select count(*)::int as n from chaos.cache_writes where namespace in ${sql(namespaces)}`;
+  return {
+    checks,
+    figures: {
+      ledgerRuns: runs!.all,
+      completedRuns: runs!.completed,
+      runsByReason: Object.fromEntries(reasons.map((r) => [r.reason, r.n])),
+      cacheSaves: saves!.n,
+      notifyLogRows: logged.length,
+      unknownCommitted,
+      unknownRolledBack: rolledBack.length,
+      notifyToRunMs,
+    },
+  };
+}

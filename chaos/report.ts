@@ -1,0 +1,117 @@
+/**
+ * The figures of a chaos run: the JSON shape written to bench/results/chaos-<timestamp>.json and
+ * the table printed at the end of every run.
+ */
+import type { CheckResult } from "./checks.js";
+import type { FaultKind, FaultMiss, FaultRecord } from "./faults.js";
+import type { WorkerTimings } from "./model.js";
+import type { UnexpectedExit } from "./fleet.js";
+
+/** Everything a chaos run reports. */
+export interface ChaosReport {
+  mode: "quick" | "full";
+  seed: number;
+  startedAt: string;
+  durationS: number;
+  machine: { cpus: number; memoryGb: number; node: string };
+  setup: {
+    identitiesPerNamespace: number;
+    namespaces: { name: string; dispatch: string }[];
+    workers: number;
+    /** Worker processes started over the run (restarts after kills included). */
+    workerIncarnations: number;
+    timings: WorkerTimings;
+    faultPeriodS: number;
+  };
+  notifies: {
+    /** The commit returned. */
+    committed: number;
+    /** The transaction failed or timed out: outcome unknown to the app. */
+    unknown: number;
+    /** …of which Postgres shows it committed after all / rolled back. */
+    unknownCommitted: number;
+    unknownRolledBack: number;
+  };
+  runs: {
+    /** Runs that recorded their (fenced) start. */
+    started: number;
+    /** Runs that recorded their (fenced) end. */
+    completed: number;
+    /** Committed cache saves. */
+    cacheSaves: number;
+    byReason: Record<string, number>;
+    /** dmm's own counters summed over worker processes (a killed process's last report). */
+    workerCounters: Record<string, Record<string, number>>;
+  };
+  faults: Record<FaultKind, number>;
+  faultsTotal: number;
+  faultMisses: FaultMiss[];
+  /** Relay kills, and how many left their outbox row behind (the kill landed between PubAck and delete). */
+  relayKillRows: { total: number; leftBehind: number };
+  /** From the moment everything was healed (and notifies stopped) until every identity converged. */
+  convergeAfterLastFaultMs: number | null;
+  /** Notify commit → end of the first completed run that saw it. */
+  notifyToRunMs: { p50: number; p99: number; max: number } | null;
+  /** Worker log lines by message, over every worker process. */
+  workerLog: Record<string, number>;
+  checks: CheckResult[];
+  violations: number;
+  /**
+   * Worker processes that exited without being killed by the run (uncaught errors), and
+   * driver errors the run's own process survived. Not invariant violations, but bugs.
+   */
+  crashes: { workers: UnexpectedExit[]; runDriverErrors: number };
+  faultLog: FaultRecord[];
+}
+
+function table(rows: [string, string | number][]): string {
+  const w = Math.max(...rows.map((r) => r[0].length));
+  return rows.map(([k, v]) => `  ${k.padEnd(w)}  ${v}`).join("\n");
+}
+
+/** Prints the figures as a table, then the JSON, on stdout. */
+export function printReport(r: ChaosReport): void {
+  const out: string[] = [];
+  out.push("");
+  out.push(`dmm chaos run (${r.mode}), seed ${r.seed}, ${r.durationS} s on ${r.machine.cpus} cores`);
+  out.push(
+    `  ${r.setup.identitiesPerNamespace} identities × ${r.setup.namespaces.map((n) => `${n.name} (${n.dispatch})`).join(", ")}; ${r.setup.workers} worker processes (${r.setup.workerIncarnations} started in all); ${r.setup.faultPeriodS} s of faults`,
+  );
+  out.push("");
+  out.push("figures");
+  out.push(
+    table([
+      ["notifies committed", r.notifies.committed],
+      ["notifies with unknown outcome", `${r.notifies.unknown} (${r.notifies.unknownCommitted} committed, ${r.notifies.unknownRolledBack} rolled back)`],
+      ["runs started / completed", `${r.runs.started} / ${r.runs.completed}`],
+      ["runs by reason", Object.entries(r.runs.byReason).map(([k, v]) => `${k} ${v}`).join(", ")],
+      ["cache saves committed", r.runs.cacheSaves],
+      ["faults injected", r.faultsTotal],
+      ["relay kills that left their outbox row", `${r.relayKillRows.leftBehind} of ${r.relayKillRows.total}`],
+      ["time to converge after the last fault", r.convergeAfterLastFaultMs === null ? "DID NOT CONVERGE" : `${(r.convergeAfterLastFaultMs / 1000).toFixed(2)} s`],
+      ["notify → run seen (p50 / p99 / max)", r.notifyToRunMs ? `${r.notifyToRunMs.p50} / ${r.notifyToRunMs.p99} / ${r.notifyToRunMs.max} ms` : "-"],
+    ]),
+  );
+  out.push("");
+  out.push("faults by kind");
+  out.push(table(Object.entries(r.faults)));
+  if (r.faultMisses.length > 0) out.push(`  (${r.faultMisses.length} attempts did not land: ${[...new Set(r.faultMisses.map((m) => `${m.kind}: ${m.reason}`))].join("; ")})`);
+  out.push("");
+  out.push("violations (each must be 0)");
+  out.push(table(r.checks.map((c) => [c.name, c.violations])));
+  for (const c of r.checks) {
+    if (c.violations === 0) continue;
+    out.push(`  ${c.name}, first ${c.samples.length}:`);
+    for (const s of c.samples) out.push(`    ${JSON.stringify(s)}`);
+  }
+  out.push(`  total: ${r.violations}`);
+  out.push("");
+  out.push(`worker processes that crashed on their own: ${r.crashes.workers.length}; driver errors survived by the run's process: ${r.crashes.runDriverErrors}`);
+  for (const c of r.crashes.workers.slice(0, 5)) {
+    out.push(`  worker ${c.slot}#${c.incarnation} exit code ${c.code} signal ${c.signal}:`);
+    for (const line of c.tail.slice(-4)) out.push(`    ${line}`);
+  }
+  out.push("");
+  out.push(JSON.stringify({ ...r, faultLog: undefined }));
+  process.stdout.write(`${out.join("\n")}\n`);
+}

@@ -1,0 +1,381 @@
+/**
+ * `npm run chaos` (full) and `npm run chaos -- --quick` (CI): dmm under faults, on its own
+ * private Postgres and nats-server (never the machine's shared 5432 / 4222).
+ *
+ * Several worker processes (chaos/worker.ts) work a few hundred identities per namespace, in
+ * JetStream and in Postgres-only dispatch (and, in the full run, a namespace where both kinds of
+ * workers share one outbox), each through its own proxies to Postgres and NATS. The run's main
+ * process notifies at a steady rate (chaos/notifier.ts) while two loops inject faults
+ * (chaos/faults.ts). Then it heals everything, stops notifying, waits (bounded) until every
+ * identity converged, stops the workers and checks the record (chaos/checks.ts).
+ *
+ * Options: `--quick`, `--seed N`, `--faults-s N` (fault period), `--identities N`,
+ * `--workers N`, `--json PATH` (the full run writes bench/results/chaos-<timestamp>.json),
+ * `--keep-logs`, `--strict` (a worker process that crashes on its own fails the run too). Exit
+ * code 0: zero violations; 1: violations; 2: the run itself failed (a
+ * server would not start, the watchdog fired); 130: interrupted. Worker logs are removed at the
+ * end unless the run had violations or `--keep-logs` was given (the path is printed then).
+ */
+import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir, cpus, totalmem } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import postgres from "postgres";
+import { migrate } from "dmm";
+import { createRandom, startNatsServer, startPostgresServer, type NatsServer, type PostgresServer } from "./lib/index.js";
+import { Fleet } from "./fleet.js";
+import { FAULT_KINDS, FaultInjector, withTimeout, type FaultKind } from "./faults.js";
+import { Notifier } from "./notifier.js";
+import { convergence, runChecks } from "./checks.js";
+import { CHAOS_SCHEMA_SQL, type WorkerBucket, type WorkerTimings, type WorkProfile } from "./model.js";
+import { printReport, type ChaosReport } from "./report.js";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+/** The knobs of one run. */
+interface Plan {
+  mode: "quick" | "full";
+  identities: number;
+  workers: number;
+  namespaces: { name: string; dispatch: "nats" | "postgres" | "mixed" }[];
+  faultMs: number;
+  convergeTimeoutMs: number;
+  /** Whole-run watchdog. */
+  deadlineMs: number;
+  notifyIntervalMs: number;
+  notifyBatchMax: number;
+  /** Random gaps between process faults and between infrastructure faults, ms. */
+  processGapMs: [number, number];
+  infraGapMs: [number, number];
+}
+
+const TIMINGS: WorkerTimings = {
+  leaseMs: 3_000,
+  heartbeatMs: 1_000,
+  sweepIntervalMs: 1_000,
+  deadWorkerCheckMs: 500,
+  pollIntervalMs: 500,
+  natsFallbackMs: 2_000,
+  shutdownGraceMs: 2_000,
+  poolSize: 4,
+  concurrency: 8,
+  backoffMaxMs: 2_000,
+};
+
+const PROFILE: WorkProfile = { longChance: 0.03, shortMs: [0, 20], longMs: [500, 4_000] };
+
+const PROCESS_BAG: Partial<Record<FaultKind, number>> = { "worker-kill": 3, "relay-kill-after-publish": 1, "relay-kill-blocked-delete": 1 };
+const INFRA_BAG: Partial<Record<FaultKind, number>> = {
+  "pg-terminate-backends": 3,
+  "pg-half-open": 2,
+  "nats-half-open": 2,
+  "pg-restart": 1,
+  "pg-crash": 1,
+  "nats-restart": 1,
+  "nats-crash": 1,
+  "token-purge": 1,
+};
+
+function parseArgs(argv: string[]): { plan: Plan; seed: number; json: string | null; keepLogs: boolean; strict: boolean } {
+  const flag = (name: string) => argv.includes(`--${name}`);
+  const value = (name: string): string | undefined => {
+    const i = argv.indexOf(`--${name}`);
+    return i >= 0 ? argv[i + 1] : undefined;
+  };
+  const num = (name: string): number | undefined => {
+    const v = value(name);
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} needs a non-negative number; got ${JSON.stringify(v)}.`);
+    return n;
+  };
+  const quick = flag("quick");
+  const plan: Plan = quick
+    ? {
+        mode: "quick",
+        identities: 100,
+        workers: 3,
+        namespaces: [
+          { name: "chaos_nats", dispatch: "nats" },
+          { name: "chaos_pg", dispatch: "postgres" },
+        ],
+        faultMs: 90_000,
+        convergeTimeoutMs: 40_000,
+        deadlineMs: 175_000,
+        notifyIntervalMs: 50,
+        notifyBatchMax: 4,
+        processGapMs: [3_000, 8_000],
+        infraGapMs: [1_000, 4_000],
+      }
+    : {
+        mode: "full",
+        identities: 300,
+        workers: 4,
+        namespaces: [
+          { name: "chaos_nats", dispatch: "nats" },
+          { name: "chaos_pg", dispatch: "postgres" },
+          { name: "chaos_mixed", dispatch: "mixed" },
+        ],
+        faultMs: 360_000,
+        convergeTimeoutMs: 90_000,
+        deadlineMs: 600_000,
+        notifyIntervalMs: 50,
+        notifyBatchMax: 5,
+        processGapMs: [3_000, 8_000],
+        infraGapMs: [1_000, 4_000],
+      };
+  const faultsS = num("faults-s");
+  if (faultsS !== undefined) {
+    plan.deadlineMs += faultsS * 1_000 - plan.faultMs;
+    plan.faultMs = faultsS * 1_000;
+  }
+  plan.identities = num("identities") ?? plan.identities;
+  plan.workers = Math.max(2, num("workers") ?? plan.workers);
+  const seed = num("seed") ?? Math.floor(Math.random() * 2 ** 31);
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-").replace(/-\d{3}Z$/, "Z");
+  const json = value("json") ?? (quick ? null : path.join(ROOT, "bench", "results", `chaos-${stamp}.json`));
+  return { plan, seed, json, keepLogs: flag("keep-logs"), strict: flag("strict") };
+}
+
+/** The buckets of worker slot `slot`: every namespace; in a mixed one, even slots use NATS. */
+function bucketsOf(plan: Plan, slot: number): WorkerBucket[] {
+  return plan.namespaces.map((n) => ({ namespace: n.name, nats: n.dispatch === "nats" || (n.dispatch === "mixed" && slot % 2 === 0) }));
+}
+
+const log = (line: string) => process.stderr.write(`[chaos ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
+
+async function main(): Promise<number> {
+  const { plan, seed, json, keepLogs, strict } = parseArgs(process.argv.slice(2));
+  const random = createRandom(seed);
+  const started = Date.now();
+  const nsNames = plan.namespaces.map((n) => n.name);
+  log(`${plan.mode} run, seed ${seed}: ${plan.identities} identities × ${plan.namespaces.map((n) => `${n.name} (${n.dispatch})`).join(", ")}; ${plan.workers} worker processes; ${plan.faultMs / 1000} s of faults`);
+
+  let pg: PostgresServer | undefined;
+  let nats: NatsServer | undefined;
+  let fleet: Fleet | undefined;
+  let notifier: Notifier | undefined;
+  let injector: FaultInjector | undefined;
+  let admin: postgres.Sql | undefined;
+  let violations = 0;
+  let driverErrors = 0;
+  const workDir = await mkdtemp(path.join(tmpdir(), "dmm-chaos-run-"));
+  const logDir = path.join(workDir, "logs");
+  await mkdir(logDir);
+
+  let cleaning: Promise<void> | undefined;
+  const cleanup = () =>
+    (cleaning ??= (async () => {
+      const steps: [string, () => Promise<unknown>][] = [
+        ["workers", async () => fleet?.dispose()],
+        ["fault injector", async () => injector?.close()],
+        ["notifier", async () => notifier?.close()],
+        ["admin connection", async () => admin?.end({ timeout: 1 })],
+        ["nats-server", async () => nats?.dispose()],
+        ["postgres", async () => pg?.dispose()],
+      ];
+      for (const [name, step] of steps) {
+        await withTimeout(step(), 20_000).catch((err: unknown) => log(`cleanup of ${name} failed: ${(err as Error).message}`));
+      }
+      if (violations > 0 || keepLogs) {
+        const kept = path.join(tmpdir(), `dmm-chaos-logs-${seed}-${Date.now()}`);
+        await cp(logDir, kept, { recursive: true }).catch(() => {});
+        log(`worker logs kept in ${kept}`);
+      }
+      await rm(workDir, { recursive: true, force: true });
+    })());
+
+  let interrupted = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (interrupted) return;
+    interrupted = true;
+    log(`${signal}: cleaning up`);
+    const hard = setTimeout(() => process.exit(130), 30_000);
+    hard.unref();
+    void cleanup().finally(() => process.exit(130));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  // postgres.js 3.4.9 throws from a timer when a statement is written to a connection whose
+  // backend was just terminated (reproduced by chaos/repro/terminated-transaction.ts). The
+  // notifier's transactions hit it under pg_terminate_backend; the run survives it (the
+  // transaction has rejected already, its notifies count as unknown) and counts it. Anything
+  // else uncaught ends the run, with cleanup.
+  process.on("uncaughtException", (err) => {
+    if (err instanceof TypeError && /postgres[\\/]src[\\/]connection\.js/.test(err.stack ?? "")) {
+      driverErrors++;
+      return;
+    }
+    log(`uncaught exception: ${err.stack ?? String(err)}`);
+    const hard = setTimeout(() => process.exit(2), 30_000);
+    hard.unref();
+    void cleanup().finally(() => process.exit(2));
+  });
+  const watchdog = setTimeout(() => {
+    log(`watchdog: the run exceeded ${plan.deadlineMs / 1000} s; cleaning up`);
+    const hard = setTimeout(() => process.exit(2), 30_000);
+    hard.unref();
+    void cleanup().finally(() => process.exit(2));
+  }, plan.deadlineMs);
+  watchdog.unref();
+
+  try {
+    // Servers: private, on free ports, durable settings (fsync on) since the run tests durability.
+    [pg, nats] = await Promise.all([startPostgresServer({ settings: { max_connections: 300 } }), startNatsServer()]);
+    log(`private Postgres on ${pg.port} (init ${pg.initMs} ms), nats-server on ${nats.port}`);
+    await migrate(pg.url);
+    admin = postgres(pg.url, { max: 2, onnotice: () => {}, connect_timeout: 5, connection: { application_name: "chaos:admin" } });
+    await admin.unsafe(CHAOS_SCHEMA_SQL);
+
+    notifier = await Notifier.open({
+      url: pg.url,
+      namespaces: nsNames,
+      identities: plan.identities,
+      intervalMs: plan.notifyIntervalMs,
+      batchMax: plan.notifyBatchMax,
+      timeoutMs: 10_000,
+      random,
+    });
+    await notifier.seed();
+
+    const natsSlots: number[] = [];
+    fleet = await Fleet.create({
+      slots: plan.workers,
+      bucketsOf: (i) => {
+        const b = bucketsOf(plan, i);
+        if (b.some((x) => x.nats)) natsSlots.push(i);
+        return b;
+      },
+      postgresPort: pg.port,
+      natsPort: nats.port,
+      postgresUrl: pg.url,
+      timings: TIMINGS,
+      profile: PROFILE,
+      logDir,
+      onMessage: (slot, msg) => injector?.onWorkerMessage(slot, msg),
+    });
+    for (const s of fleet.slots) fleet.start(s.index);
+    if (!(await fleet.allReady(45_000))) throw new Error("The worker processes did not all report ready within 45 s; see their logs.");
+    log(`${plan.workers} workers ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+
+    injector = new FaultInjector({
+      pg,
+      nats,
+      fleet,
+      random,
+      natsSlots,
+      processBag: PROCESS_BAG,
+      infraBag: INFRA_BAG,
+      processGapMs: plan.processGapMs,
+      infraGapMs: plan.infraGapMs,
+      onFault: (f) => log(`fault ${f.kind}${f.slots ? ` [worker ${f.slots.join(",")}]` : ""} at ${(f.at / 1000).toFixed(1)} s, ${f.durationMs} ms${f.detail ? `: ${f.detail}` : ""}`),
+    });
+    notifier.start();
+    const faultsStarted = Date.now();
+    const status = setInterval(() => {
+      const c = notifier!.counts();
+      const alive = fleet!.slots.filter((s) => fleet!.alive(s.index)).length;
+      log(`status: ${c.committed} notifies committed, ${c.unknown} unknown; ${alive}/${plan.workers} workers alive; ${injector!.records.length} faults`);
+    }, 15_000);
+    await injector.run(plan.faultMs);
+    clearInterval(status);
+    const faultsMs = Date.now() - faultsStarted;
+
+    // Heal, stop the load, and wait for every identity to converge.
+    await notifier.stop();
+    await injector.healAll();
+    const healedAt = injector.lastHealAt;
+    log(`faults over after ${(faultsMs / 1000).toFixed(1)} s; everything healed, notifier stopped; waiting for convergence`);
+    let convergeMs: number | null = null;
+    let last = { done: 0, total: 0 };
+    const expected = plan.identities * nsNames.length;
+    const convergeDeadline = Date.now() + plan.convergeTimeoutMs;
+    while (Date.now() < convergeDeadline) {
+      // Workers that die now (a fault's late effect) are restarted: healing means all of them run.
+      for (const s of fleet.slots) if (!fleet.alive(s.index) && !s.restartTimer) fleet.start(s.index);
+      try {
+        last = await withTimeout(convergence(admin, nsNames), 5_000);
+        if (last.done === expected && last.total === expected) {
+          convergeMs = Date.now() - healedAt;
+          break;
+        }
+      } catch {
+        /* the probe itself may hit a connection killed by the last fault; try again */
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    log(convergeMs === null ? `NOT converged within ${plan.convergeTimeoutMs / 1000} s: ${last.done}/${expected}` : `converged ${convergeMs} ms after the last fault was healed`);
+
+    await fleet.stop(10_000);
+    const { checks, figures } = await runChecks(admin, nsNames, plan.identities, notifier.records, convergeMs !== null);
+    if (notifier.anomalies.length > 0) checks.push({ name: "notify-readback", violations: notifier.anomalies.length, samples: notifier.anomalies.slice(0, 5) });
+    violations = checks.reduce((s, c) => s + c.violations, 0);
+    const crashes = fleet.unexpectedExits;
+
+    const faultCounts = Object.fromEntries(FAULT_KINDS.map((k) => [k, injector!.records.filter((r) => r.kind === k).length])) as Record<FaultKind, number>;
+    const counts = notifier.counts();
+    const report: ChaosReport = {
+      mode: plan.mode,
+      seed,
+      startedAt: new Date(started).toISOString(),
+      durationS: Math.round((Date.now() - started) / 100) / 10,
+      machine: { cpus: cpus().length, memoryGb: Math.round(totalmem() / 2 ** 30), node: process.version },
+      setup: {
+        identitiesPerNamespace: plan.identities,
+        namespaces: plan.namespaces,
+        workers: plan.workers,
+        workerIncarnations: fleet.slots.reduce((s, x) => s + x.incarnation, 0),
+        timings: TIMINGS,
+        faultPeriodS: Math.round(faultsMs / 100) / 10,
+      },
+      notifies: { committed: counts.committed, unknown: counts.unknown, unknownCommitted: figures.unknownCommitted, unknownRolledBack: figures.unknownRolledBack },
+      runs: {
+        started: figures.ledgerRuns,
+        completed: figures.completedRuns,
+        cacheSaves: figures.cacheSaves,
+        byReason: figures.runsByReason,
+        workerCounters: fleet.totals(),
+      },
+      faults: faultCounts,
+      faultsTotal: injector.records.length,
+      faultMisses: injector.misses,
+      relayKillRows: {
+        total: injector.relayKillRows.length,
+        leftBehind: injector.relayKillRows.filter((r) => r.presentAfterKill === true).length,
+      },
+      convergeAfterLastFaultMs: convergeMs,
+      notifyToRunMs: figures.notifyToRunMs,
+      workerLog: Object.fromEntries([...fleet.logCounts.entries()].sort((a, b) => b[1] - a[1])),
+      checks,
+      violations,
+      crashes: { workers: crashes, runDriverErrors: driverErrors },
+      faultLog: injector.records,
+    };
+    printReport(report);
+    if (json) {
+      await mkdir(path.dirname(json), { recursive: true });
+      await writeFile(json, `${JSON.stringify(report, null, 2)}\n`);
+      log(`figures written to ${path.relative(process.cwd(), json)}`);
+    }
+    if (strict && crashes.length > 0) {
+      log(`--strict: ${crashes.length} worker processes crashed on their own`);
+      return 1;
+    }
+    return violations === 0 ? 0 : 1;
+  } catch (err) {
+    if (interrupted) return 130;
+    log(`the run failed: ${(err as Error).stack ?? String(err)}`);
+    return 2;
+  } finally {
+    clearTimeout(watchdog);
+    await cleanup();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    log(`the run failed: ${(err as Error).stack ?? String(err)}`);
+    process.exit(2);
+  },
+);
