@@ -2,7 +2,7 @@
  * Claims: lock matters with `FOR UPDATE SKIP LOCKED` and stamp a fenced lease on those that
  * need a run, many identities per statement (one commit serves a whole batch).
  */
-import { sql } from "drizzle-orm";
+import { sql, type SQL } from "drizzle-orm";
 import { jsonParam, rows, type Executor } from "./db.js";
 import type { RunReason } from "../types.js";
 
@@ -59,6 +59,21 @@ export const CLAIMABLE = sql.raw(
 );
 
 /**
+ * Locks one matter by primary key, skipping it if another transaction holds it. Written as a
+ * `LIMIT 1` lateral subquery so the planner always does one index lookup per key, however
+ * stale the table's statistics (a hash join over every matter of the namespace is what a fresh,
+ * fast-growing table otherwise gets). The UPDATE that follows joins by primary key, not by
+ * ctid: a row changed by a transaction that committed after this statement's snapshot is
+ * locked in its newest version, which only a key lookup (with its re-check) finds again.
+ */
+export function lockMatter(namespace: string, kind: SQL, identity: SQL): SQL {
+  return sql`select m.ctid as row, m.kind, m.identity, m.lease_owner, m.due_at, m.due_reason
+             from dmm.dmm_matter m
+             where m.namespace = ${namespace} and m.kind = ${kind} and m.identity = ${identity}
+             limit 1 for update skip locked`;
+}
+
+/**
  * Claims the matters named by tokens, in one statement. Returns one status per key, in order.
  */
 export async function claimKeys(
@@ -75,9 +90,8 @@ export async function claimKeys(
     sql`with want as (
           select x.ord, x.kind, x.identity from jsonb_to_recordset(${jsonParam(want)}) as x(ord int, kind text, identity text)
         ), locked as (
-          select w.ord, m.kind, m.identity, m.lease_owner as prev_owner, m.lease_until as prev_until, m.due_at, m.due_reason
-          from dmm.dmm_matter m join want w on m.namespace = ${namespace} and m.kind = w.kind and m.identity = w.identity
-          for update of m skip locked
+          select w.ord, m.row, m.kind, m.identity, m.lease_owner as prev_owner, m.due_at, m.due_reason
+          from want w cross join lateral (${lockMatter(namespace, sql`w.kind`, sql`w.identity`)}) m
         ), claimed as (
           update dmm.dmm_matter m set
             lease_owner = ${owner}, lease_epoch = m.lease_epoch + 1,
@@ -101,7 +115,10 @@ export async function claimKeys(
         from want w
         left join claimed c on c.ord = w.ord
         left join locked l on l.ord = w.ord
-        left join dmm.dmm_matter mm on mm.namespace = ${namespace} and mm.kind = w.kind and mm.identity = w.identity
+        left join lateral (
+          select mm.identity, mm.due_at, mm.lease_owner from dmm.dmm_matter mm
+          where mm.namespace = ${namespace} and mm.kind = w.kind and mm.identity = w.identity limit 1
+        ) mm on true
         order by w.ord`,
   );
   return result.map((r, i) => toStatus(r, keys[i]!, owner));
@@ -165,13 +182,13 @@ export async function takeAndClaim(
           limit ${limit}::int
           for update skip locked
         ), locked as (
-          select t.id, m.kind, m.identity, m.lease_owner as prev_owner, m.due_at, m.due_reason
-          from dmm.dmm_matter m join taken t on m.namespace = ${namespace} and m.kind = t.kind and m.identity = t.identity
-          for update of m skip locked
+          select t.id, m.row, m.kind, m.identity, m.lease_owner as prev_owner, m.due_at, m.due_reason
+          from taken t cross join lateral (${lockMatter(namespace, sql`t.kind`, sql`t.identity`)}) m
         ), busy as (
           select t.id from taken t
           where not exists (select 1 from locked l where l.id = t.id)
-            and exists (select 1 from dmm.dmm_matter m where m.namespace = ${namespace} and m.kind = t.kind and m.identity = t.identity)
+            and exists (select 1 from dmm.dmm_matter m
+                        where m.namespace = ${namespace} and m.kind = t.kind and m.identity = t.identity limit 1)
         ), early as (
           select l.id, l.due_at from locked l
           where l.prev_owner is null and l.due_at > now()

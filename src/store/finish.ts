@@ -93,9 +93,12 @@ async function finishStatement(exec: Executor, namespace: string, items: FinishI
             ord int, owner text, kind text, identity text, epoch bigint, gen bigint, outcome text,
             base jsonb, cache jsonb, error text, due_ms float8, due_reason text)
         ), locked as (
-          select x.ord from dmm.dmm_matter m join x
-            on m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
-          order by m.kind, m.identity for update of m
+          select x.ord, m.row from (select * from x order by x.kind, x.identity) x
+          cross join lateral (
+            select m.ctid as row from dmm.dmm_matter m
+            where m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
+            limit 1 for update
+          ) m
         ), done as (
           update dmm.dmm_matter m set
             cache = case when x.outcome <> 'ok' then m.cache

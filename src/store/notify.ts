@@ -74,12 +74,14 @@ export async function enqueueMatters(exec: Executor, namespace: string, items: T
     sql`with keys as (
           select x.kind, x.identity from jsonb_to_recordset(${jsonParam(dedupe(items))}) as x(kind text, identity text)
         ), locked as (
-          select m.kind, m.identity from dmm.dmm_matter m join keys k
-            on m.namespace = ${namespace} and m.kind = k.kind and m.identity = k.identity
-          order by m.kind, m.identity for update of m
+          select m.row, k.kind, k.identity from (select * from keys order by kind, identity) k
+          cross join lateral (
+            select m.ctid as row from dmm.dmm_matter m
+            where m.namespace = ${namespace} and m.kind = k.kind and m.identity = k.identity
+            limit 1 for update
+          ) m
         ), stamp as (
-          update dmm.dmm_matter m set dispatched_at = now()
-          from locked k where m.namespace = ${namespace} and m.kind = k.kind and m.identity = k.identity
+          update dmm.dmm_matter m set dispatched_at = now() from locked k where m.namespace = ${namespace} and m.kind = k.kind and m.identity = k.identity
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, k.kind, k.identity from locked k order by k.kind, k.identity

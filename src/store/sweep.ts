@@ -17,7 +17,7 @@ export async function sweepMatters(exec: Executor, namespace: string, graceMs: n
   const r = await rows<{ n: number }>(
     exec,
     sql`with c as (
-          select m.kind, m.identity from dmm.dmm_matter m
+          select m.ctid as row, m.kind, m.identity from dmm.dmm_matter m
           where m.namespace = ${namespace} and ${CLAIMABLE}
             and (m.dispatched_at is null or m.dispatched_at < now() - ${graceMs}::int * interval '1 millisecond')
             and not exists (select 1 from dmm.dmm_outbox o
@@ -25,8 +25,7 @@ export async function sweepMatters(exec: Executor, namespace: string, graceMs: n
           limit ${limit}::int
           for update of m skip locked
         ), stamp as (
-          update dmm.dmm_matter m set dispatched_at = now()
-          from c where m.namespace = ${namespace} and m.kind = c.kind and m.identity = c.identity
+          update dmm.dmm_matter m set dispatched_at = now() from c where m.namespace = ${namespace} and m.kind = c.kind and m.identity = c.identity
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, c.kind, c.identity from c order by c.kind, c.identity
@@ -67,7 +66,7 @@ export async function reapDeadWorkers(
           delete from dmm.dmm_worker where id in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb))
           returning id
         ), held as (
-          select m.kind, m.identity from dmm.dmm_matter m
+          select m.ctid as row, m.kind, m.identity from dmm.dmm_matter m
           where m.namespace = ${namespace} and m.lease_owner in (select id from gone)
           order by m.kind, m.identity for update of m
         ), expired as (
@@ -85,4 +84,34 @@ export async function reapDeadWorkers(
         select e.kind, e.identity, (select count(*) from wake) as w from expired e`,
   );
   return { workers: ids, matters: r.map((m) => ({ kind: m.kind, identity: m.identity })) };
+}
+
+/** Dead outbox tuples past which the sweep vacuums the outbox itself (autovacuum lagging or off). */
+export const OUTBOX_VACUUM_DEAD_TUPLES = 50_000;
+
+/**
+ * Vacuums dmm's queue tables when their dead tuples pile up, and analyzes them when their
+ * statistics are far behind: the outbox churns a few row versions per dispatch (a take that
+ * steps over a long tail of dead index entries slows with every dispatch), and a matter table
+ * that grew from nothing to millions needs fresh statistics for key lookups to be planned as
+ * such. Normally autovacuum does both and this never fires; where autovacuum is off or far
+ * behind, it does the job. Returns what it did. Needs ownership of the tables; without it, the
+ * error is the caller's to log.
+ */
+export async function vacuumIfBloated(exec: Executor): Promise<string[]> {
+  const stale = await rows<{ relname: string; vacuum: boolean }>(
+    exec,
+    sql`select relname, n_dead_tup > greatest(${OUTBOX_VACUUM_DEAD_TUPLES}::int, n_live_tup) as vacuum
+        from pg_stat_user_tables
+        where schemaname = 'dmm' and relname in ('dmm_outbox', 'dmm_matter')
+          and (n_dead_tup > greatest(${OUTBOX_VACUUM_DEAD_TUPLES}::int, n_live_tup)
+               or n_mod_since_analyze > greatest(1000, n_live_tup / 2))`,
+  );
+  const done: string[] = [];
+  for (const { relname, vacuum } of stale) {
+    const table = relname === "dmm_outbox" ? sql.raw("dmm.dmm_outbox") : sql.raw("dmm.dmm_matter");
+    await rows(exec, vacuum ? sql`vacuum (analyze) ${table}` : sql`analyze ${table}`);
+    done.push(`${vacuum ? "vacuum" : "analyze"} ${relname}`);
+  }
+  return done;
 }

@@ -88,14 +88,18 @@ export async function registerWorker(client: postgres.Sql, namespace: string, id
   return {
     id,
     async heartbeat(keys, leaseMs) {
-      const list = JSON.stringify(keys.map((k, ord) => ({ ord, ...k })));
+      // conn.json: postgres.js would JSON-encode a string param again (a jsonb string scalar).
+      const list = conn.json(keys.map((k, ord) => ({ ord, kind: k.kind, identity: k.identity, epoch: k.epoch })));
       const [r] = await conn<{ pid: number; kept: number[] }[]>`
         with x as (
-          select * from jsonb_to_recordset(${list}::jsonb) as x(ord int, kind text, identity text, epoch bigint)
+          select * from jsonb_to_recordset(${list}) as x(ord int, kind text, identity text, epoch bigint)
         ), locked as (
-          select x.ord from dmm.dmm_matter m join x
-            on m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
-          order by m.kind, m.identity for update of m
+          select x.ord, m.row from (select * from x order by x.kind, x.identity) x
+          cross join lateral (
+            select m.ctid as row from dmm.dmm_matter m
+            where m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
+            limit 1 for update
+          ) m
         ), kept as (
           update dmm.dmm_matter m set lease_until = now() + ${leaseMs}::int * interval '1 millisecond'
           from x join locked l on l.ord = x.ord

@@ -43,6 +43,8 @@ export interface EngineDeps {
   finish(items: FinishItem[]): Promise<FinishResult[]>;
   enqueue(keys: TouchItem[]): Promise<void>;
   sweep(): Promise<number>;
+  /** Vacuums dmm's tables when autovacuum falls behind; returns the tables it vacuumed. */
+  maintain?(): Promise<string[]>;
   reap(): Promise<{ workers: string[]; matters: TouchItem[] }>;
   /** Hands matters reclaimed from dead workers to the runners, to claim without a token. */
   onRecovered?: (matters: TouchItem[]) => void;
@@ -99,6 +101,7 @@ export class Engine {
   #loops: NodeJS.Timeout[] = [];
   #stopping = false;
   #heartbeatBusy = false;
+  #maintenanceRefused = false;
 
   constructor(deps: EngineDeps) {
     this.#deps = deps;
@@ -212,6 +215,15 @@ export class Engine {
       }
     } catch (err) {
       this.#deps.log.warn("sweep:error", { err: coerceError(err).message });
+    }
+    if (!this.#deps.maintain || this.#maintenanceRefused) return;
+    try {
+      const vacuumed = await this.#deps.maintain();
+      if (vacuumed.length > 0) this.#deps.log.info("sweep:vacuum", { tables: vacuumed });
+    } catch (err) {
+      // Most likely not the tables' owner: say so once, and leave it to autovacuum.
+      this.#maintenanceRefused = true;
+      this.#deps.log.warn("sweep:vacuum:refused", { err: coerceError(err).message });
     }
   }
 
@@ -332,6 +344,36 @@ export class Engine {
     }
   }
 
+  /**
+   * Gives back claimed matters that were never run (a stopping runner's buffer): their leases
+   * are cleared without counting an attempt, and they go back on the outbox for another worker.
+   */
+  release(claimed: Claimed[]): void {
+    for (const c of claimed) {
+      const { matter } = c;
+      const lease: Lease = { kind: matter.kind, identity: matter.identity, epoch: matter.epoch, controller: new AbortController(), token: c.token };
+      this.#leases.set(leaseId(matter.kind, matter.identity), lease);
+      const p = this.#finish(
+        {
+          owner: matter.owner,
+          kind: matter.kind,
+          identity: matter.identity,
+          epoch: matter.epoch,
+          generation: matter.generation,
+          outcome: "release",
+          base: matter.cache,
+          cache: null,
+          error: null,
+          dueInMs: null,
+          dueReason: null,
+        },
+        lease,
+      ).then(() => {});
+      const tracked = p.finally(() => this.#runs.delete(tracked));
+      this.#runs.add(tracked);
+    }
+  }
+
   /** Queues a finish; batches everything that arrives while one is being written. */
   #finish(item: FinishItem, lease: Lease): Promise<boolean> {
     return new Promise<boolean>((resolve) => {
@@ -418,30 +460,57 @@ export class Engine {
 }
 
 /**
- * Runs one kind: keeps up to `concurrency` runs going, taking work from its source in batches.
- * Resolves when `signal` aborts, after its runs have been handed to the engine.
+ * Runs one kind: keeps up to `concurrency` runs going, and up to `prefetch` more matters
+ * claimed ahead in a local buffer, so that under load one claim statement serves a whole batch
+ * while the previous batch runs (the claims and the batched finishes overlap). Buffered matters
+ * hold leases (kept alive by the heartbeat); on stop they are released unrun, without counting
+ * an attempt. Resolves when `signal` aborts and every run it started has settled.
  */
 export async function runKind(
   engine: Engine,
   entry: KindEntry,
   source: Source,
-  concurrency: number,
+  limits: { concurrency: number; prefetch: number },
   signal: AbortSignal,
   log: Logger,
 ): Promise<void> {
+  const { concurrency } = limits;
+  const capacity = concurrency + limits.prefetch;
+  const buffer: Claimed[] = [];
   let running = 0;
-  let slotFreed: (() => void) | null = null;
-  const waitSlot = () => new Promise<void>((r) => (slotFreed = r));
+  let kick: (() => void) | null = null;
+  const wakeUp = () => {
+    const k = kick;
+    kick = null;
+    k?.();
+  };
+  const nextKick = () => new Promise<void>((r) => (kick = r));
+  const startRuns = () => {
+    while (running < concurrency && buffer.length > 0 && !signal.aborted) {
+      running++;
+      void engine.run(entry, buffer.shift()!, () => {
+        running--;
+        startRuns();
+        wakeUp();
+      });
+    }
+  };
   let failures = 0;
   try {
     while (!signal.aborted) {
-      if (running >= concurrency) {
-        await untilAborted(waitSlot(), signal);
+      const room = capacity - running - buffer.length;
+      // Refill once a quarter of the capacity is free (or at once when nothing is queued).
+      if (room < Math.max(1, Math.floor(capacity / 4)) && buffer.length > 0) {
+        await untilAborted(nextKick(), signal);
+        continue;
+      }
+      if (room <= 0) {
+        await untilAborted(nextKick(), signal);
         continue;
       }
       let claimed: Claimed[];
       try {
-        claimed = await source.take(concurrency - running);
+        claimed = await source.take(room);
         failures = 0;
       } catch (err) {
         failures++;
@@ -450,22 +519,21 @@ export async function runKind(
         await untilAborted(sleep(delay), signal);
         continue;
       }
+      if (signal.aborted) {
+        buffer.push(...claimed);
+        break;
+      }
       if (claimed.length === 0) {
         await untilAborted(source.ready(signal), signal);
         continue;
       }
-      for (const c of claimed) {
-        running++;
-        void engine.run(entry, c, () => {
-          running--;
-          const r = slotFreed;
-          slotFreed = null;
-          r?.();
-        });
-      }
+      buffer.push(...claimed);
+      startRuns();
     }
   } finally {
     await source.close();
+    engine.release(buffer.splice(0));
+    while (running > 0) await nextKick();
   }
 }
 

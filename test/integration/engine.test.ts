@@ -525,6 +525,63 @@ describe.each(MODES)("with %s dispatch", (mode) => {
     await work;
   });
 
+  it("keeps the lease of a run that lasts longer than the lease through heartbeats", async () => {
+    const bucket = await env.open(mode, { leaseMs: 800, heartbeatMs: 150 });
+    class Marathon {
+      id = "";
+      done = false;
+      identity() {
+        return this.id;
+      }
+      async materialize(ctx: Context) {
+        await new Promise((r) => setTimeout(r, 2_000));
+        if (ctx.signal.aborted) throw ctx.signal.reason;
+        this.done = true;
+      }
+    }
+    const stream = bucket.register("marathon", Marathon);
+    const runs = recordRuns(bucket);
+    const work = stream.work();
+    await bucket.notify(Object.assign(new Marathon(), { id: "m" }));
+    await waitFor("the long run to end", () => runs.length >= 1, { timeoutMs: 10_000 });
+    expect(runs[0]!.outcome).toBe("ok");
+    expect((await bucket.matter(Marathon, "m"))?.cache.done).toBe(true);
+    await bucket.close();
+    await work;
+  });
+
+  it("gives back prefetched matters unrun on close, without counting an attempt", async () => {
+    const bucket = await env.open(mode, { shutdownGraceMs: 5_000 });
+    const sql = env.sql();
+    const started = deferred();
+    class Queued {
+      id = "";
+      identity() {
+        return this.id;
+      }
+      async materialize() {
+        started.resolve();
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    }
+    const stream = bucket.register("queued", Queued);
+    const runs = recordRuns(bucket);
+    const work = stream.work({ concurrency: 1, prefetch: 10 });
+    await bucket.notify(Array.from({ length: 6 }, (_, i) => Object.assign(new Queued(), { id: `q${i}` })));
+    await started.promise;
+    await bucket.close();
+    await work;
+    expect(runs.length).toBeGreaterThanOrEqual(1);
+    const rows = await sql`select identity, attempts, lease_owner, generation > observed_generation as dirty
+                           from dmm.dmm_matter where namespace = ${bucket.namespace} order by identity`;
+    expect(rows.every((r) => r.attempts === 0 && r.lease_owner === null)).toBe(true);
+    const unrun = rows.filter((r) => r.dirty).map((r) => r.identity);
+    expect(unrun.length).toBe(6 - runs.length);
+    const outbox = await sql`select identity from dmm.dmm_outbox where namespace = ${bucket.namespace} order by identity`;
+    expect(outbox.map((r) => r.identity)).toEqual(unrun);
+    await sql.close();
+  });
+
   it("lets close() finish the run in flight, and may be called twice", async () => {
     const bucket = await env.open(mode);
     const started = deferred();
