@@ -120,9 +120,10 @@ async function missingNamespace(db: Database): Promise<never> {
   throw new UsageError(`dmm status needs a namespace: pass -n NAME or set DMM_NAMESPACE. Namespaces in this database: ${list}.`);
 }
 
-/** The JSON form of a matter: the row's fields with dates as ISO strings. */
+/** The JSON form of a matter: every field of the row (dates become ISO strings in JSON). */
 function toJson(m: MatterRow): Record<string, unknown> {
-  return { ...m };
+  const { namespace, kind, identity, state, ...rest } = m;
+  return { namespace, kind, identity, state, ...rest };
 }
 
 function usage<T>(fn: () => T): T {
