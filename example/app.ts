@@ -34,6 +34,7 @@ export interface AppSettings {
   /** NATS URL for JetStream dispatch; undefined for Postgres-only dispatch. */
   natsUrl?: string;
   namespace?: string;
+  /** dmm's log level. Defaults to DMM_LOG_LEVEL, else info. */
   logLevel?: LogLevel;
   /** Options of open() the demo tunes (sweep and poll intervals). */
   tuning?: { sweepIntervalMs?: number; pollIntervalMs?: number; shutdownGraceMs?: number };
@@ -52,7 +53,8 @@ export async function openApp(settings: AppSettings): Promise<App> {
     const bucket = await open(settings.namespace ?? NAMESPACE, {
       database: db,
       nats: settings.natsUrl,
-      logger: createConsoleLogger(settings.logLevel ?? "info"),
+      // Without a level: DMM_LOG_LEVEL, else info.
+      logger: createConsoleLogger(settings.logLevel),
       ...settings.tuning,
     });
     const music = bucket.register("music", Music, { backoffBaseMs: 200, backoffMaxMs: 10_000, timeoutMs: 30_000 });

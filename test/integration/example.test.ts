@@ -202,13 +202,21 @@ describe("example app", () => {
   it("Ctrl-C while runs are in flight lets them finish: no lease left, nothing dirty lost, and a new worker completes the rest", async () => {
     const ids = await Promise.all(["Naima", "So What", "Moanin'", "Footprints"].map((s) => createPlayer(s)));
     // Slow players (each run makes two ~1 s requests) and two runs at a time: Ctrl-C lands mid-run.
-    const worker = await startWorker(["--fail-rate", "0", "--latency-ms", "1000", "--concurrency", "2"]);
-    await waitFor("a run in flight", async () => (await matters()).some((m) => ids.includes(m.identity) && m.lease_owner !== null), {
-      timeoutMs: 20_000,
-    });
-    const inFlight = (await matters()).filter((m) => ids.includes(m.identity) && m.lease_owner !== null).map((m) => m.identity);
+    // The debug log says which runs started and ended (claimed-ahead matters hold leases too,
+    // but are released unrun on stop, so a lease alone does not mean a run is in flight).
+    const worker = await startWorker(["--fail-rate", "0", "--latency-ms", "1000", "--concurrency", "2"], { DMM_LOG_LEVEL: "debug" });
+    const running = () => {
+      const log = worker.out.stdout + worker.out.stderr;
+      const count = new Map<string, number>();
+      for (const [, event, key] of log.matchAll(/materialize:(start|success|error|parked|lease-lost) .*?key=(\S+)/g)) {
+        count.set(key!, (count.get(key!) ?? 0) + (event === "start" ? 1 : -1));
+      }
+      return [...count].filter(([key, n]) => n > 0 && ids.includes(key)).map(([key]) => key);
+    };
+    const inFlight = await waitFor("a run in flight", () => (running().length > 0 ? running() : undefined), { timeoutMs: 20_000 });
     expect(await worker.interrupt()).toBe(0);
     expect(worker.out.stdout).toContain("stopped cleanly");
+    expect(worker.out.stderr).not.toContain("worker:stop:abort");
 
     const after = (await matters()).filter((m) => ids.includes(m.identity));
     for (const m of after) {
