@@ -4,7 +4,7 @@
  */
 import { coerceError } from "../errors.js";
 import type { Logger } from "../types.js";
-import { sleep, untilAborted } from "../async.js";
+import { sleep, untilAborted, Wakeup } from "../async.js";
 
 /** Injected I/O of the relay. */
 export interface RelayDeps {
@@ -29,18 +29,11 @@ export interface Relay {
 /** Starts the relay loop. */
 export function startRelay(deps: RelayDeps): Relay {
   const stopper = new AbortController();
-  let notified = false;
-  let waiter: (() => void) | null = null;
-  const wake = () => {
-    notified = true;
-    const w = waiter;
-    waiter = null;
-    w?.();
-  };
+  const wakeup = new Wakeup();
   const loop = (async () => {
     let failures = 0;
     while (!stopper.signal.aborted) {
-      notified = false;
+      wakeup.reset();
       let taken = 0;
       try {
         taken = (await deps.relayOnce()).taken;
@@ -53,27 +46,14 @@ export function startRelay(deps: RelayDeps): Relay {
         await untilAborted(sleep(delay), stopper.signal);
         continue;
       }
-      if (taken >= deps.batchSize || notified) continue;
+      if (taken >= deps.batchSize || wakeup.pending) continue;
       const next = await deps.nextInMs().catch(() => null);
-      if (notified) continue;
       const wait = next === null ? deps.pollIntervalMs : Math.min(deps.pollIntervalMs, Math.max(1, next));
-      await untilAborted(
-        new Promise<void>((resolve) => {
-          const t = setTimeout(() => {
-            waiter = null;
-            resolve();
-          }, wait);
-          waiter = () => {
-            clearTimeout(t);
-            resolve();
-          };
-        }),
-        stopper.signal,
-      );
+      await untilAborted(wakeup.wait(wait), stopper.signal);
     }
   })();
   return {
-    wake,
+    wake: () => wakeup.wake(),
     async drainOnce() {
       let total = 0;
       for (;;) {
@@ -84,7 +64,7 @@ export function startRelay(deps: RelayDeps): Relay {
     },
     async stop() {
       stopper.abort();
-      wake();
+      wakeup.wake();
       await loop;
     },
   };

@@ -8,7 +8,7 @@ import type { Logger } from "../types.js";
 import type { ClaimStatus, ClaimedMatter } from "../store/claim.js";
 import type { Token } from "../nats/tokens.js";
 import type { Claimed, Source } from "./engine.js";
-import { sleep } from "../async.js";
+import { sleep, Wakeup } from "../async.js";
 
 /** How long a re-tried token waits when its matter row was locked by a committing notify. */
 const BUSY_RETRY_MS = 25;
@@ -137,42 +137,25 @@ export interface OutboxSourceDeps {
  */
 export function createOutboxSource(deps: OutboxSourceDeps): WakeableSource {
   let more = true;
-  let notified = false;
-  let waiter: (() => void) | null = null;
-  const wake = () => {
-    notified = true;
-    const w = waiter;
-    waiter = null;
-    w?.();
-  };
+  const wakeup = new Wakeup();
   return {
-    wake,
+    wake: () => wakeup.wake(),
     // The outbox rows the dead-worker sweep wrote already lead here.
-    inject: () => wake(),
+    inject: () => wakeup.wake(),
     async take(max) {
-      notified = false;
+      wakeup.reset();
       const r = await deps.takeAndClaim(max);
       more = r.taken >= max;
       return r.claimed.map((matter) => ({ matter }));
     },
     async ready(signal) {
-      if (more || notified || signal.aborted) return;
+      if (more || wakeup.pending || signal.aborted) return;
       const next = await deps.nextInMs().catch(() => null);
-      if (notified) return;
       const wait = next === null ? deps.pollIntervalMs : Math.min(deps.pollIntervalMs, Math.max(1, next));
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(() => {
-          waiter = null;
-          resolve();
-        }, wait);
-        waiter = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
+      await wakeup.wait(wait);
     },
     async close() {
-      wake();
+      wakeup.wake();
     },
   };
 }

@@ -38,6 +38,12 @@ async function startWorker(mode: Mode, namespace: string): Promise<ChildProcess>
   return child;
 }
 
+async function createProbeRuns(sql: ReturnType<typeof env.sql>): Promise<void> {
+  await sql`create table if not exists probe_runs (
+    id bigserial primary key, identity text, pid int, generation bigint, reason text,
+    started_at timestamptz, ended_at timestamptz)`;
+}
+
 async function stopWorker(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once("exit", r));
@@ -48,9 +54,7 @@ async function stopWorker(child: ChildProcess): Promise<void> {
 describe.each(MODES)("with %s dispatch", (mode) => {
   it("never runs one identity in two worker processes at once under bursts of notifies", async () => {
     const sql = env.sql();
-    await sql`create table if not exists probe_runs (
-      id bigserial primary key, identity text, pid int, generation bigint, reason text,
-      started_at timestamptz, ended_at timestamptz)`;
+    await createProbeRuns(sql);
     const namespace = env.namespace();
     const bucket = await env.open(mode, {}, namespace);
     bucket.register("probe", Probe);
@@ -84,9 +88,7 @@ describe.each(MODES)("with %s dispatch", (mode) => {
 
   it("finishes a kill -9'd worker's slow run in another process within 2 s of the kill", async () => {
     const sql = env.sql();
-    await sql`create table if not exists probe_runs (
-      id bigserial primary key, identity text, pid int, generation bigint, reason text,
-      started_at timestamptz, ended_at timestamptz)`;
+    await createProbeRuns(sql);
     const namespace = env.namespace();
     const bucket = await env.open(mode, {}, namespace);
     bucket.register("probe", Probe);
