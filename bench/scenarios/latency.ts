@@ -1,0 +1,109 @@
+/**
+ * `latency`: enqueue committed → handler start, one key at a time. `idle`: nothing else is
+ * happening. `loaded`: a paced background load of half the system's own `e2e_per_s` (one
+ * process, from this run's throughput scenario, or a short calibration run) is enqueued by a
+ * separate load-generator process and processed by the same worker meanwhile.
+ */
+import { makeKeys } from "../lib/load.js";
+import { LoadProcess } from "../lib/load-process.js";
+import { latencySummary, round } from "../lib/stats.js";
+import type { Producer, System } from "../lib/system.js";
+import { Scope, sleep, wallNow, withTimeout, warn } from "../lib/util.js";
+import { WorkerGroup } from "../lib/workers.js";
+import { systemModuleUrl } from "../systems/index.js";
+import { endToEnd, newTarget, openProducer, type Env, type Measured, type Scenario } from "./common.js";
+
+/**
+ * Pause between two samples: random, uniform over [GAP_MIN_MS, GAP_MIN_MS + span) where span
+ * is at least GAP_SPREAD_MS and at least the largest latency seen so far. A polling system
+ * (pg-boss) must be met at random phases of its poll cycle; with short fixed gaps every
+ * sample would arrive right after the poll that picked up the previous one and measure the
+ * same part of the cycle every time. For push-based systems the gaps stay a few ms.
+ */
+const GAP_MIN_MS = 5;
+const GAP_SPREAD_MS = 10;
+/** Background load runs this long before the first sample. */
+const WARMUP_MS = 1_000;
+
+/**
+ * Takes `count` samples: register interest in the key's trace, enqueue it in its own
+ * transaction, stamp the time once the commit returned, wait for the handler start.
+ */
+async function sample(producer: Producer, group: WorkerGroup, count: number): Promise<number[]> {
+  const waiting = new Map<string, (at: number) => void>();
+  const off = group.onTrace((key, at) => {
+    waiting.get(key)?.(at);
+    waiting.delete(key);
+  });
+  const samples: number[] = [];
+  let maxSeen = 0;
+  try {
+    for (let i = 0; i < count; i++) {
+      const key = `lat-${i}`;
+      const started = new Promise<number>((resolve) => waiting.set(key, resolve));
+      await producer.enqueue([key]);
+      const committedAt = wallNow();
+      const startedAt = await withTimeout(Promise.race([started, group.failure]), 30_000, `the handler start of ${key}`);
+      samples.push(startedAt - committedAt);
+      maxSeen = Math.max(maxSeen, startedAt - committedAt);
+      await sleep(GAP_MIN_MS + Math.random() * Math.max(GAP_SPREAD_MS, maxSeen));
+    }
+  } finally {
+    off();
+  }
+  return samples;
+}
+
+async function measure(system: System, env: Env, scope: Scope, loaded: boolean): Promise<Measured> {
+  const target = await newTarget(env, system, "latency", scope, false);
+  const [producer, group] = await Promise.all([
+    openProducer(system, target, scope),
+    WorkerGroup.spawn(system, 1, scope),
+  ]);
+  await group.start(target, { concurrency: env.sizes.concurrency, workMs: 0, tracePrefix: "lat-" });
+  const detail: Record<string, unknown> = { samples: env.sizes.latency_samples };
+  let load: LoadProcess | undefined;
+  if (loaded) {
+    let rate = env.e2eRates.get(system.name);
+    if (rate === undefined) {
+      const cal = await endToEnd(env, scope, producer, group, makeKeys("cal-", env.sizes.latency_calibration_jobs));
+      rate = cal.rate;
+      detail.load_rate_source = "calibration run in this measurement";
+    } else {
+      detail.load_rate_source = "throughput/1proc e2e_per_s of this run";
+    }
+    // In a process of its own: generating load here would delay the commit timestamps.
+    scope.step = "starting the background load";
+    load = await LoadProcess.spawn(systemModuleUrl(system.name), system.name, scope);
+    detail.load_target_per_s = Math.round(rate / 2);
+    await load.start(target, rate / 2);
+    await sleep(WARMUP_MS);
+  }
+  scope.step = `taking ${env.sizes.latency_samples} latency samples`;
+  const samples = await sample(producer, group, env.sizes.latency_samples);
+  scope.step = "stopping";
+  if (load) {
+    const { achievedPerS } = await load.stop();
+    detail.load_achieved_per_s = Math.round(achievedPerS);
+    detail.backlog_at_end = await producer.outstanding();
+  }
+  const negative = samples.filter((s) => s < 0).length;
+  if (negative > 0) warn(`${system.name} latency: ${negative} samples below zero (handler start stamped before the parent saw the commit)`);
+  detail.negative_samples = negative;
+  detail.max_ms = round(Math.max(...samples), 2);
+  detail.clock_offsets_ms = group.workers.map((w) => round(w.clockOffsetMs, 4));
+  await group.stop();
+  return { metrics: latencySummary(samples), detail };
+}
+
+/** The latency scenario. */
+export const latency: Scenario = {
+  name: "latency",
+  variants(env) {
+    const timeoutMs = env.mode === "quick" ? 120_000 : 900_000;
+    return [
+      { name: "idle", repeats: 1, timeoutMs, measure: (s, e, scope) => measure(s, e, scope, false) },
+      { name: "loaded", repeats: 1, timeoutMs, measure: (s, e, scope) => measure(s, e, scope, true) },
+    ];
+  },
+};
