@@ -582,6 +582,38 @@ describe.each(MODES)("with %s dispatch", (mode) => {
     await sql.close();
   });
 
+  it("stops one stream when its signal aborts, while the bucket and other streams go on", async () => {
+    const bucket = await env.open(mode);
+    class First {
+      id = "";
+      identity() {
+        return this.id;
+      }
+      async materialize() {}
+    }
+    class Second {
+      id = "";
+      identity() {
+        return this.id;
+      }
+      async materialize() {}
+    }
+    const first = bucket.register("first", First);
+    const second = bucket.register("second", Second);
+    const runs = recordRuns(bucket);
+    const stop = new AbortController();
+    const firstWork = first.work({ signal: stop.signal });
+    const secondWork = second.work();
+    stop.abort();
+    await firstWork;
+    await bucket.notify([Object.assign(new First(), { id: "f" }), Object.assign(new Second(), { id: "s" })]);
+    await waitFor("the second stream's run", () => runs.some((r) => r.kind === "second"));
+    expect((await bucket.matter(First, "f"))?.state).toBe("pending");
+    await bucket.close();
+    await secondWork;
+    expect(runs.map((r) => r.kind)).toEqual(["second"]);
+  });
+
   it("lets close() finish the run in flight, and may be called twice", async () => {
     const bucket = await env.open(mode);
     const started = deferred();
