@@ -3,14 +3,16 @@
  * current song. It is the "reality" the example converges to, with the flaws of a real one:
  * latency, failures (503, and 429 with Retry-After) and people pressing buttons on players.
  *
- *   GET  /players/:id/song    → 200 {"song": "…" | null}        (latency, may fail)
- *   POST /players/:id/play    {"song": "…"} → 200 {"song": "…"}  (latency, may fail)
- *   POST /players/:id/press   {"song": "…"} → 200                (someone at the player; never fails)
- *   GET  /players             → 200 [{"id", "song"}]              (no latency, never fails)
+ *   GET  /players/:id/song    → 200 {"song": "…" | null, "at"}          (latency, may fail)
+ *   POST /players/:id/play    {"song": "…"} → 200 {"song": "…", "at"}    (latency, may fail)
+ *   POST /players/:id/press   {"song": "…"} → 200                        (someone at the player; never fails)
+ *   GET  /players             → 200 [{"id", "song", "at"}]                (no latency, never fails)
  *   GET  /reports             → text/event-stream: every reportIntervalMs one "report" event
- *                               with every player's full state [{"id", "song"}]
+ *                               with every player's full state [{"id", "song", "at"}]
  *
- * A player is known from its first request on (a fresh player plays nothing: song null).
+ * `at` is the fleet's clock (ms since the epoch) when the state was read, so a reader can tell
+ * an older observation from a newer one. A player is known from its first request on (a fresh
+ * player plays nothing: song null).
  */
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -38,6 +40,8 @@ export interface FleetOptions {
 export interface PlayerReport {
   id: string;
   song: string | null;
+  /** When the fleet read this state (its clock, ms since the epoch). */
+  at: number;
 }
 
 /** A running fleet. */
@@ -82,7 +86,10 @@ export async function startFleet(options: FleetOptions = {}): Promise<Fleet> {
   const known = (id: string) => {
     if (!players.has(id)) players.set(id, null);
   };
-  const snapshot = (): PlayerReport[] => [...players].map(([id, song]) => ({ id, song }));
+  const snapshot = (): PlayerReport[] => {
+    const at = Date.now();
+    return [...players].map(([id, song]) => ({ id, song, at }));
+  };
   const delay = () => new Promise((r) => setTimeout(r, latencyMs * (0.5 + random())));
 
   const server = createServer(async (req, res) => {
@@ -116,7 +123,7 @@ export async function startFleet(options: FleetOptions = {}): Promise<Fleet> {
         players.set(id, body!);
         counters.plays++;
       }
-      return send(res, 200, { song: players.get(id) ?? null });
+      return send(res, 200, { song: players.get(id) ?? null, at: Date.now() });
     } catch (err) {
       return send(res, 400, { error: (err as Error).message });
     }

@@ -14,15 +14,14 @@ import { musicPlayers } from "./schema.js";
 export class FleetClient {
   constructor(readonly url: string) {}
 
-  /** What the player plays now (null: nothing). */
-  async currentSong(playerId: string, signal?: AbortSignal): Promise<string | null> {
-    const body = (await this.#request("GET", playerId, "song", undefined, signal)) as { song: string | null };
-    return body.song;
+  /** What the player plays now (null: nothing), and when the fleet read that. */
+  async currentSong(playerId: string, signal?: AbortSignal): Promise<{ song: string | null; at: number }> {
+    return (await this.#request("GET", playerId, "song", undefined, signal)) as { song: string | null; at: number };
   }
 
-  /** Makes the player play `song`. */
-  async play(playerId: string, song: string, signal?: AbortSignal): Promise<void> {
-    await this.#request("POST", playerId, "play", { song }, signal);
+  /** Makes the player play `song`; returns when the fleet applied it. */
+  async play(playerId: string, song: string, signal?: AbortSignal): Promise<{ at: number }> {
+    return (await this.#request("POST", playerId, "play", { song }, signal)) as { at: number };
   }
 
   async #request(method: string, playerId: string, action: string, body: unknown, signal?: AbortSignal): Promise<unknown> {
@@ -53,14 +52,20 @@ export class FleetClient {
 }
 
 /**
- * One music player. Its fields are its cache: `playerId` (the identity) and `song`, what the
- * player was last seen playing, by a run (pulled) or by the observer (reported). The desired
- * song is not cached: each run reads it from `music_players`, the app's truth.
+ * One music player. Its fields are its cache: `playerId` (the identity), `song`, what the player
+ * was last seen playing, by a run (pulled) or by the observer (reported), and `seenAt`, when the
+ * fleet read that. The desired song is not cached: each run reads it from `music_players`, the
+ * app's truth.
  */
 export class Music implements Materializer {
   playerId = "";
   /** The song the player was last seen playing; null when silent, absent before the first look. */
   song?: string | null;
+  /**
+   * The fleet's time of that observation. The observer ignores reports older than it, so a
+   * report taken just before a run's `play` does not undo what the run just saw.
+   */
+  seenAt?: number;
 
   /** The fleet this process talks to; set once at startup (dmm constructs Music with no arguments). */
   static fleet: FleetClient | undefined;
@@ -78,10 +83,13 @@ export class Music implements Materializer {
     );
     const row = rows[0];
     if (!row) throw new TerminalError(`player ${this.playerId} is not in music_players (deleted?); nothing to play`);
-    this.song = await fleet.currentSong(this.playerId, ctx.signal);
+    const seen = await fleet.currentSong(this.playerId, ctx.signal);
+    this.song = seen.song;
+    this.seenAt = seen.at;
     if (this.song === row.desiredSong) return;
-    await fleet.play(this.playerId, row.desiredSong, ctx.signal);
+    const played = await fleet.play(this.playerId, row.desiredSong, ctx.signal);
     ctx.log.info("music:play", { song: row.desiredSong, was: this.song });
     this.song = row.desiredSong;
+    this.seenAt = played.at;
   }
 }

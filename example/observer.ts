@@ -1,8 +1,8 @@
 /**
  * The observer (the seed's `Observe`): listens to the fleet's periodic reports and notifies a
- * player's materializer only when the reported song differs from the one in its cache. Reports
- * that agree with the cache cost one read and nothing else; a player someone switched by hand
- * gets a run that puts the desired song back.
+ * player's materializer only when the reported song differs from the one in its cache (and the
+ * report is newer than the cache's observation). Reports that agree with the cache cost one read
+ * and nothing else; a player someone switched by hand gets a run that puts the desired song back.
  */
 import type { Bucket, Logger } from "dmm";
 import { Music } from "./music.js";
@@ -26,13 +26,18 @@ export function startObserver(bucket: Bucket, fleetUrl: string, log: Logger): Ob
 
   const handle = async (reports: PlayerReport[]) => {
     counters.reports++;
-    const cached = new Map<string, unknown>();
-    for (const m of await bucket.matters({ kind: "music", limit: 100_000 })) cached.set(m.identity, m.cache.song);
-    // Players without a matter are not ours; a cache that never saw the player (undefined)
-    // counts as "don't know", and its first run is on its way anyway.
-    const changed = reports.filter((r) => cached.has(r.id) && cached.get(r.id) !== undefined && cached.get(r.id) !== r.song);
+    const cached = new Map<string, { song?: unknown; seenAt?: unknown }>();
+    for (const m of await bucket.matters({ kind: "music", limit: 100_000 })) cached.set(m.identity, m.cache);
+    const changed = reports.filter((r) => {
+      const c = cached.get(r.id);
+      // Players without a matter are not ours; a cache that never saw the player counts as
+      // "don't know" (its first run is on its way); a report older than the cache's own
+      // observation is stale news.
+      if (!c || c.song === undefined) return false;
+      return c.song !== r.song && r.at > (typeof c.seenAt === "number" ? c.seenAt : 0);
+    });
     if (changed.length === 0) return;
-    await bucket.notify(changed.map((r) => Object.assign(new Music(), { playerId: r.id, song: r.song })));
+    await bucket.notify(changed.map((r) => Object.assign(new Music(), { playerId: r.id, song: r.song, seenAt: r.at })));
     counters.notified += changed.length;
     log.info("observer:notify", { players: changed.map((r) => r.id), songs: changed.map((r) => r.song) });
   };
@@ -57,7 +62,11 @@ export function startObserver(bucket: Bucket, fleetUrl: string, log: Logger): Ob
         if (controller.signal.aborted) return;
         log.warn("observer:error", { err: (err as Error).message });
       }
-      await new Promise((r) => setTimeout(r, 1_000));
+      // Reconnect after a second; stop() cuts the wait short.
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 1_000);
+        controller.signal.addEventListener("abort", () => (clearTimeout(timer), resolve()), { once: true });
+      });
     }
   };
   const running = run();
