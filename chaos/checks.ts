@@ -38,6 +38,8 @@ export interface CheckFigures {
   unknownRolledBack: number;
   /** Commit of a notify → end of the first completed run that saw it, ms. */
   notifyToRunMs: { p50: number; p99: number; max: number } | null;
+  /** The five notifies that waited longest for their run, to investigate. */
+  slowestNotifies: { namespace: string; identity: string; generation: string; at: string; ms: number }[];
 }
 
 /** Every identity converged: run at its last generation, cache applied == value, no lease. */
@@ -101,6 +103,11 @@ export async function runChecks(
   const lat = followed.filter((f) => f.ended).map((f) => f.ended!.getTime() - f.at.getTime()).sort((a, b) => a - b);
   const q = (p: number) => lat[Math.min(lat.length - 1, Math.floor(p * lat.length))]!;
   const notifyToRunMs = lat.length ? { p50: q(0.5), p99: q(0.99), max: lat[lat.length - 1]! } : null;
+  const slowest = followed
+    .filter((f) => f.ended)
+    .map((f) => ({ namespace: f.namespace, identity: f.identity, generation: f.generation, at: f.at.toISOString(), ms: f.ended!.getTime() - f.at.getTime() }))
+    .sort((a, b) => b.ms - a.ms)
+    .slice(0, 5);
 
   add(
     "converged",
@@ -211,6 +218,7 @@ export async function runChecks(
       unknownCommitted,
       unknownRolledBack: rolledBack.length,
       notifyToRunMs,
+      slowestNotifies: slowest,
     },
   };
 }

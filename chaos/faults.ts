@@ -77,7 +77,7 @@ export class FaultInjector {
   readonly relayKillRows: { namespace: string; rowId: number; presentAfterKill: boolean | null }[] = [];
   #t0 = Date.now();
   #admin: postgres.Sql;
-  #published = new Map<number, (msg: Extract<WorkerMessage, { type: "published" }>) => void>();
+  #published = new Map<number, (msg: Extract<WorkerMessage, { type: "published" }> | null) => void>();
   #stop = false;
   #lastHealAt = 0;
 
@@ -92,6 +92,11 @@ export class FaultInjector {
 
   /** Routes a worker's `published` message to the relay kill waiting for it. */
   onWorkerMessage(slot: number, msg: WorkerMessage): void {
+    if (msg.type === "hook-missing") {
+      this.#published.get(slot)?.(null);
+      this.misses.push({ kind: "relay-kill-after-publish", reason: "the worker found no PubAck subscription to hook" });
+      return;
+    }
     if (msg.type !== "published") return;
     const waiter = this.#published.get(slot);
     if (waiter) {
@@ -99,12 +104,11 @@ export class FaultInjector {
       return;
     }
     // Armed, then disarmed too late: the worker published meanwhile. Let a "blocked" one go on;
-    // a "self" one is dying already, so restart it like any killed worker.
+    // a "self" one is dead already, so restart it like any killed worker.
     if (msg.how === "blocked") this.o.fleet.send(slot, { type: "continue" });
     else {
-      this.o.fleet.expectExit(slot);
       this.o.fleet.scheduleRestart(slot, 1_000);
-      this.misses.push({ kind: "relay-kill-after-publish", reason: "landed after its 5 s window (worker restarted)" });
+      this.misses.push({ kind: "relay-kill-after-publish", reason: "landed after its 8 s window (worker restarted)" });
     }
   }
 
@@ -250,7 +254,7 @@ export class FaultInjector {
   }
 
   /**
-   * Arms slot `slot`'s relay to stop right after its next token's PubAck, and waits (up to 5 s)
+   * Arms slot `slot`'s relay to stop right after its next token's PubAck, and waits (up to 8 s)
    * for that to happen. `self`: the worker SIGKILLs itself at once. `blocked`: the run cuts the
    * worker's Postgres link (blackhole), lets the relay go on into its outbox delete, SIGKILLs the
    * worker while that delete hangs, and keeps the dead worker's connections half-open a while
@@ -259,24 +263,21 @@ export class FaultInjector {
   async #relayKill(kind: FaultKind, slot: number, how: RelayKillHow): Promise<Omit<FaultRecord, "kind" | "at" | "durationMs"> | undefined> {
     const { fleet, random: r } = this.o;
     const got = new Promise<Extract<WorkerMessage, { type: "published" }> | null>((resolve) => {
-      const timer = setTimeout(() => resolve(null), 5_000);
+      const timer = setTimeout(() => resolve(null), 8_000);
       this.#published.set(slot, (msg) => {
         clearTimeout(timer);
         resolve(msg);
       });
     });
-    if (how === "self") fleet.expectExit(slot);
     if (!fleet.send(slot, { type: "arm", how })) {
       this.#published.delete(slot);
-      fleet.clearExpected(slot);
       return this.#miss(kind, "worker not reachable");
     }
     const msg = await got;
     this.#published.delete(slot);
     if (!msg) {
       fleet.send(slot, { type: "disarm" });
-      fleet.clearExpected(slot);
-      return this.#miss(kind, "no token published within 5 s");
+      return this.#miss(kind, "no token published within 8 s");
     }
     const rowId = Number(msg.msgId.slice(msg.msgId.lastIndexOf(":") + 1));
     const proxy = fleet.slots[slot]!.pgProxy;

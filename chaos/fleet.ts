@@ -5,7 +5,7 @@
  * keep working.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, type WriteStream } from "node:fs";
+import { createWriteStream, existsSync, readFileSync, type WriteStream } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { startProxy, type Proxy } from "./lib/index.js";
@@ -98,6 +98,7 @@ export class Fleet {
     slot.restartTimer = undefined;
     if (this.alive(i)) return slot.child;
     slot.incarnation++;
+    const killFile = path.join(this.options.logDir, `relay-kill-${i}-${slot.incarnation}.json`);
     const url = new URL(this.options.postgresUrl);
     url.port = String(slot.pgProxy.port);
     const config: WorkerConfig = {
@@ -106,6 +107,7 @@ export class Fleet {
       database: url.toString(),
       nats: `nats://127.0.0.1:${slot.natsProxy.port}`,
       buckets: slot.buckets,
+      killFile,
       timings: this.options.timings,
       profile: this.options.profile,
     };
@@ -147,6 +149,15 @@ export class Fleet {
     child.on("exit", (code, signal) => {
       log.write(`--- ${new Date().toISOString()} slot ${i} incarnation ${incarnation} exited code=${code} signal=${signal}\n`);
       const at = Date.now();
+      // A relay kill the worker performed on itself leaves a note of what it killed.
+      if (existsSync(killFile)) {
+        this.#expected.add(child);
+        try {
+          this.options.onMessage?.(i, JSON.parse(readFileSync(killFile, "utf8")) as WorkerMessage);
+        } catch {
+          /* a torn note: the kill still counts as expected */
+        }
+      }
       // A worker that kills itself (a relay kill) reports it over IPC first; give that message a
       // moment to arrive before calling the exit unexpected.
       setTimeout(() => {
@@ -192,12 +203,6 @@ export class Fleet {
   expectExit(i: number): void {
     const c = this.slots[i]!.child;
     if (c) this.#expected.add(c);
-  }
-
-  /** Undoes {@link expectExit}: the process of slot `i` is not going to kill itself after all. */
-  clearExpected(i: number): void {
-    const c = this.slots[i]!.child;
-    if (c) this.#expected.delete(c);
   }
 
   /** Starts slot `i` again after `ms`, unless it was started meanwhile. */

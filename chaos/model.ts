@@ -203,6 +203,8 @@ export interface WorkerConfig {
   /** NATS URL through the slot's proxy. */
   nats: string;
   buckets: WorkerBucket[];
+  /** Where a `self` relay kill writes what it killed, synchronously, just before SIGKILL. */
+  killFile: string;
   timings: WorkerTimings;
   profile: WorkProfile;
 }
@@ -224,7 +226,9 @@ export type WorkerMessage =
   | { type: "ready"; openMs: number }
   | { type: "stats"; buckets: Record<string, BucketCounters> }
   /** The relay's publish was acknowledged by JetStream and the process now stops before deleting the outbox row. */
-  | { type: "published"; namespace: string; msgId: string; how: RelayKillHow };
+  | { type: "published"; namespace: string; msgId: string; how: RelayKillHow }
+  /** The relay hook found nothing to hook in this process: relay kills cannot land here. */
+  | { type: "hook-missing" };
 
 /** How a relay kill lands: SIGKILL at once after the PubAck, or after the outbox delete is blocked by a half-open Postgres link. */
 export type RelayKillHow = "self" | "blocked";

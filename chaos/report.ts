@@ -52,6 +52,7 @@ export interface ChaosReport {
   convergeAfterLastFaultMs: number | null;
   /** Notify commit → end of the first completed run that saw it. */
   notifyToRunMs: { p50: number; p99: number; max: number } | null;
+  slowestNotifies: { namespace: string; identity: string; generation: string; at: string; ms: number }[];
   /** Worker log lines by message, over every worker process. */
   workerLog: Record<string, number>;
   checks: CheckResult[];
@@ -62,6 +63,18 @@ export interface ChaosReport {
    */
   crashes: { workers: UnexpectedExit[]; runDriverErrors: number };
   faultLog: FaultRecord[];
+}
+
+/** A one-line summary of why a worker process crashed, from its last output lines. */
+export function crashSignature(c: UnexpectedExit): string {
+  const text = c.tail.join("\n");
+  if (text.includes("Immediate.nextWrite")) return "postgres.js TypeError in nextWrite (write to a closed connection)";
+  const unhandled = /"msg":"chaos:unhandled-rejection".*?"err":"([^\\"]{0,120})/.exec(text);
+  if (unhandled) return `unhandled rejection: ${unhandled[1]}`;
+  const work = /"msg":"chaos:work:error".*?"err":"([^\\"]{0,160})/.exec(text);
+  if (work) return `stream.work() rejected: ${work[1]}`;
+  const error = c.tail.find((l) => /Error/.test(l));
+  return `exit code ${c.code} signal ${c.signal}${error ? `: ${error.trim().slice(0, 160)}` : ""}`;
 }
 
 function table(rows: [string, string | number][]): string {
@@ -107,9 +120,10 @@ export function printReport(r: ChaosReport): void {
   out.push(`  total: ${r.violations}`);
   out.push("");
   out.push(`worker processes that crashed on their own: ${r.crashes.workers.length}; driver errors survived by the run's process: ${r.crashes.runDriverErrors}`);
-  for (const c of r.crashes.workers.slice(0, 5)) {
-    out.push(`  worker ${c.slot}#${c.incarnation} exit code ${c.code} signal ${c.signal}:`);
-    for (const line of c.tail.slice(-4)) out.push(`    ${line}`);
+  const bySignature = new Map<string, UnexpectedExit[]>();
+  for (const c of r.crashes.workers) bySignature.set(crashSignature(c), [...(bySignature.get(crashSignature(c)) ?? []), c]);
+  for (const [signature, list] of bySignature) {
+    out.push(`  ${list.length} × ${signature} (${list.map((c) => `worker ${c.slot}#${c.incarnation}`).join(", ")})`);
   }
   out.push("");
   out.push(JSON.stringify({ ...r, faultLog: undefined }));

@@ -310,6 +310,19 @@ async function main(): Promise<number> {
     const { checks, figures } = await runChecks(admin, nsNames, plan.identities, notifier.records, convergeMs !== null);
     if (notifier.anomalies.length > 0) checks.push({ name: "notify-readback", violations: notifier.anomalies.length, samples: notifier.anomalies.slice(0, 5) });
     violations = checks.reduce((s, c) => s + c.violations, 0);
+    if (keepLogs || violations > 0) {
+      // The record around the slowest notifies, for whoever reads the kept logs.
+      const detail = [];
+      for (const n of figures.slowestNotifies.slice(0, 3)) {
+        detail.push({
+          notify: n,
+          ledger: await admin`select * from chaos.ledger where namespace = ${n.namespace} and identity = ${n.identity} order by started_at`,
+          notifies: await admin`select * from chaos.notify_log where namespace = ${n.namespace} and identity = ${n.identity} order by generation`,
+          saves: await admin`select * from chaos.cache_writes where namespace = ${n.namespace} and identity = ${n.identity} order by id`,
+        });
+      }
+      await writeFile(path.join(logDir, "slowest-notifies.json"), JSON.stringify(detail, null, 1));
+    }
     const crashes = fleet.unexpectedExits;
 
     const faultCounts = Object.fromEntries(FAULT_KINDS.map((k) => [k, injector!.records.filter((r) => r.kind === k).length])) as Record<FaultKind, number>;
@@ -345,6 +358,7 @@ async function main(): Promise<number> {
       },
       convergeAfterLastFaultMs: convergeMs,
       notifyToRunMs: figures.notifyToRunMs,
+      slowestNotifies: figures.slowestNotifies,
       workerLog: Object.fromEntries([...fleet.logCounts.entries()].sort((a, b) => b[1] - a[1])),
       checks,
       violations,

@@ -10,13 +10,12 @@
  * so a crashed run leaves no worker behind.
  *
  * Relay kills: dmm's relay cannot be stopped between "JetStream acknowledged the token" and
- * "the outbox row is deleted" from outside, and src/ has no hook for it, so the worker wraps
- * the bucket's own NATS connection's `request` (the call `js.publish` makes) and, when armed by
- * the run, stops right after the next successful PubAck of a token: either SIGKILL at once
- * (`self`), or report, wait until the run has blackholed this worker's Postgres proxy, let the
- * relay go on into its delete (which now hangs on the half-open link), and be SIGKILLed by the
- * run (`blocked`).
+ * "the outbox row is deleted" from outside, and src/ has no hook for it, so the worker hooks
+ * the bucket's own NATS connection (see `hookRelay`) and, when armed by the run, stops right
+ * after the next PubAck of a token: SIGKILL at once (`self`), or once the run has cut its
+ * Postgres link and the relay's delete hangs on it (`blocked`).
  */
+import { writeFileSync } from "node:fs";
 import { setTimeout as delay } from "node:timers/promises";
 import { open, type Bucket, type Logger } from "dmm";
 import { KIND, makeTally, type BucketCounters, type RelayKillHow, type RunMessage, type WorkerConfig, type WorkerMessage } from "./model.js";
@@ -55,7 +54,11 @@ let closing = false;
 
 process.on("message", (raw) => {
   const msg = raw as RunMessage;
-  if (msg.type === "arm") armed = msg.how;
+  if (msg.type === "arm") {
+    // Without a hook, arming would wait in vain: say so, and the run counts a miss.
+    if (hookFailures > 0 && msg.how === "self") send({ type: "hook-missing" });
+    else armed = msg.how;
+  }
   else if (msg.type === "disarm") armed = null;
   else if (msg.type === "continue") {
     const r = resume;
@@ -64,37 +67,76 @@ process.on("message", (raw) => {
   }
 });
 
-/** Connection internals of a NATS-dispatch bucket (dmm's `@internal` hooks). */
-interface NatsInternals {
-  tokens: { connection: { request: (subject: string, data?: unknown, opts?: { headers?: { get(k: string): string } }) => Promise<{ string(): string }> } } | null;
+/** The parts of a nats.js connection the relay-kill hook touches (internals of @nats-io/nats-core 3.x). */
+interface HookableConnection {
+  publish(subject: string, data?: unknown, opts?: { reply?: string; headers?: { get(k: string): string } }): void;
+  protocol?: { subscriptions?: { subs?: Map<number, { subject: string; callback?: (err: Error | null, msg: { subject: string; data: Uint8Array }) => void }> } };
 }
 
-/** Wraps the bucket's NATS `request` so an armed relay kill lands right after a token's PubAck. */
+/** Relay kills that found no PubAck subscription to hook (dmm's publishing changed): reported, never silent. */
+let hookFailures = 0;
+
+/**
+ * Hooks the bucket's own NATS connection (dmm's `@internal` `tokens.connection`) so that an
+ * armed relay kill lands between a token's PubAck and the relay's outbox delete:
+ * - `self`: the reply subscriptions of the connection get a wrapped callback; when the PubAck of
+ *   a token published by this bucket arrives, the callback settles it as usual (the relay's
+ *   continuation is a later microtask), writes the kill file synchronously and SIGKILLs the
+ *   process before any microtask runs, so the relay never deletes its outbox rows;
+ * - `blocked`: `publish` of the next token is held until the run has blackholed this worker's
+ *   Postgres proxy, then goes out; its PubAck lets the relay go on into its delete, which hangs
+ *   on the half-open link until the run SIGKILLs the process.
+ */
 function hookRelay(namespace: string, bucket: Bucket): void {
-  const nc = (bucket as unknown as NatsInternals).tokens?.connection;
+  const nc = (bucket as unknown as { tokens: { connection: HookableConnection } | null }).tokens?.connection;
   if (!nc) return;
-  const original = nc.request.bind(nc);
-  const prefix = `dmm.${namespace}.`;
-  nc.request = async (subject, data, opts) => {
-    const reply = await original(subject, data, opts);
-    const how = armed;
-    if (how && subject.startsWith(prefix) && !reply.string().includes('"error"')) {
-      armed = null;
-      const msgId = opts?.headers?.get("Nats-Msg-Id") ?? "";
-      if (how === "self") {
-        // The relay never gets the PubAck: it cannot delete its outbox row.
-        send({ type: "published", namespace, msgId, how }, () => process.kill(process.pid, "SIGKILL"));
-        await new Promise<never>(() => {});
-      }
-      // "blocked": wait until the run has cut this worker's Postgres link, then let the relay
-      // go on into its delete, which hangs on the half-open connection until the run kills us.
-      await new Promise<void>((r) => {
-        resume = r;
-        send({ type: "published", namespace, msgId, how });
-      });
+  const tokenPrefix = `dmm.${namespace}.`;
+  const stream = `dmm_${namespace}`;
+  /** Reply subject → Nats-Msg-Id of this bucket's token publishes, until their PubAck arrives. */
+  const inFlight = new Map<string, string>();
+  const publish = nc.publish.bind(nc);
+  nc.publish = (subject, data, opts) => {
+    const isToken = subject.startsWith(tokenPrefix) && opts?.reply !== undefined;
+    const msgId = opts?.headers?.get("Nats-Msg-Id") ?? "";
+    if (isToken) {
+      inFlight.set(opts!.reply!, msgId);
+      if (inFlight.size > 50_000) inFlight.clear();
     }
-    return reply;
+    if (isToken && armed === "blocked") {
+      armed = null;
+      void new Promise<void>((r) => {
+        resume = r;
+        send({ type: "published", namespace, msgId, how: "blocked" });
+      }).then(() => publish(subject, data, opts));
+      return;
+    }
+    publish(subject, data, opts);
   };
+  const subs = nc.protocol?.subscriptions?.subs;
+  let hooked = 0;
+  for (const sub of subs?.values() ?? []) {
+    if (!/^_INBOX\.[^.]+\.\*$/.test(sub.subject) || typeof sub.callback !== "function") continue;
+    const callback = sub.callback.bind(sub);
+    sub.callback = (err, msg) => {
+      callback(err, msg);
+      const msgId = err ? undefined : inFlight.get(msg.subject);
+      if (msgId === undefined) return;
+      inFlight.delete(msg.subject);
+      if (armed !== "self") return;
+      let ack: { stream?: string; seq?: number; error?: unknown; duplicate?: boolean };
+      try {
+        ack = JSON.parse(Buffer.from(msg.data).toString("utf8")) as typeof ack;
+      } catch {
+        return;
+      }
+      if (ack.error || ack.stream !== stream || typeof ack.seq !== "number" || ack.duplicate) return;
+      armed = null;
+      writeFileSync(config!.killFile, JSON.stringify({ type: "published", namespace, msgId, how: "self" }));
+      process.kill(process.pid, "SIGKILL");
+    };
+    hooked++;
+  }
+  if (hooked === 0) hookFailures++;
 }
 
 /** Opens a bucket, retrying while Postgres or NATS is down (a worker restarted mid-outage). */
