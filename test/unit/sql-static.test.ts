@@ -5,7 +5,7 @@
  * `unsafe()`, and `execute()` with a plain string — may only be given constants: string literals,
  * or templates whose every substitution is a module-level `const` bound to a string literal.
  * Each such use is listed below with the reason it exists, so a new one fails this test until
- * someone has looked at it.
+ * someone has looked at it (and an edited line fails it too: look again, then update the key).
  */
 import { describe, expect, it } from "vitest";
 import { readdirSync, readFileSync, statSync } from "node:fs";
@@ -15,12 +15,14 @@ import ts from "typescript";
 
 const SRC = fileURLToPath(new URL("../../src", import.meta.url));
 
-/** The reviewed uses, as `file: first line of the call`, with why each is needed and safe. */
+/** The reviewed uses, as `file: line of the call`, with why each is needed and safe. */
 const ALLOWED: Record<string, string> = {
   "store/claim.ts: export const CLAIMABLE = sql.raw(":
     "a constant WHERE fragment shared by claimKeys, takeAndClaim and the sweep; no input reaches it",
   "store/matter.ts: const COLUMNS = sql.raw(`namespace, kind, identity, cache, generation::text, observed_generation::text, attempts, last_error,":
     "a constant column list with the derived state, shared by readMatter and listMatters; no input reaches it",
+  'store/sweep.ts: const table = relname === "dmm_outbox" ? sql.raw("dmm.dmm_outbox") : sql.raw("dmm.dmm_matter");':
+    "picks one of two constant table names for VACUUM/ANALYZE, which cannot take bind parameters",
   'store/migrate.ts: const r = await conn.unsafe(`select count(*)::int as n from "${MIGRATIONS_SCHEMA}"."${MIGRATIONS_TABLE}"`);':
     "counts applied migrations in dmm's own bookkeeping table, named by module constants; identifiers cannot be bind parameters",
   "store/migrate.ts: const applied = await client.unsafe(":
@@ -136,7 +138,8 @@ describe("SQL built by src/", () => {
   });
 
   it("has a reviewed reason for every raw SQL use, and no stale entry in the list", () => {
-    const found = uses.map((u) => u.key).sort();
+    // Two uses on one line share a key (and a reason).
+    const found = [...new Set(uses.map((u) => u.key))].sort();
     expect(found, "add new raw SQL uses to ALLOWED with the reason they are safe, or remove stale entries").toEqual(Object.keys(ALLOWED).sort());
   });
 
