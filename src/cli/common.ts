@@ -48,7 +48,9 @@ export const DATABASE_OPTION = {
   database: { type: "string", short: "d" },
 } as const satisfies ParseArgsConfig["options"];
 
-export const DATABASE_HELP = `  -d, --database URL   Postgres URL. Defaults to $DATABASE_URL, else ${DEFAULT_DATABASE_URL}.`;
+/** The help line of `--database`, aligned with the other options' descriptions (column 26). */
+export const DATABASE_HELP = `  -d, --database URL     Postgres URL. Defaults to $DATABASE_URL, else
+                         ${DEFAULT_DATABASE_URL}.`;
 
 /** `--help` / `-h`, accepted by every command. */
 export const HELP_OPTION = { help: { type: "boolean", short: "h" } } as const satisfies ParseArgsConfig["options"];

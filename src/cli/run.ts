@@ -6,6 +6,7 @@ import { statusCommand } from "./status.js";
 import { touchCommand } from "./touch.js";
 import { packageVersion } from "./version.js";
 
+/** The text of `dmm --help`. */
 export const MAIN_HELP = `Usage: dmm <command> [options]
 
 The command line of dmm (Durable Materialization Machine), for any app that uses it.

@@ -9,6 +9,7 @@ import { MIGRATIONS_FOLDER, MIGRATIONS_SCHEMA, MIGRATIONS_TABLE, expectedMigrati
 import { EXIT, HELP_OPTION, UsageError, parse, type Io } from "./common.js";
 import { packageVersion } from "./version.js";
 
+/** The text of `dmm sql --help`. */
 export const SQL_HELP = `Usage: dmm sql [options]
 
 Prints dmm's schema SQL: its migrations (tables, indexes, the outbox trigger and functions,
@@ -79,6 +80,7 @@ function statementEnds(statement: string): boolean {
   return (lines.at(-1) ?? "").trimEnd().endsWith(";");
 }
 
+/** Runs `dmm sql` with `args`; returns the exit code. */
 export async function sqlCommand(args: string[], io: Io): Promise<number> {
   const { values, help } = parse(
     args,

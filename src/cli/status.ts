@@ -3,8 +3,8 @@ import { checkIdentity, checkName } from "../codec.js";
 import { checkSchemaVersion } from "../store/migrate.js";
 import { listMatters, readMatter, type MatterRow } from "../store/matter.js";
 import type { Database } from "../store/db.js";
-import { renderStatusDetail, renderStatusList, useColor, watchStatus, type StatusOptions } from "../status/index.js";
-import { listKinds, listNamespaces } from "./queries.js";
+import { duration, renderStatusDetail, renderStatusList, useColor, watchStatus, type StatusOptions } from "../status/index.js";
+import { listKinds, listNamespaces, listWorkers, type WorkerRow } from "./queries.js";
 import {
   CommandError,
   DATABASE_HELP,
@@ -18,10 +18,12 @@ import {
   type Io,
 } from "./common.js";
 
+/** The text of `dmm status --help`. */
 export const STATUS_HELP = `Usage: dmm status [options] [IDENTITY]
 
-Without IDENTITY: a table of every matter of the namespace (kind, identity, state, generation/
-observed, attempts, next due, last error on one line) and a count of states. With IDENTITY:
+Without IDENTITY: the namespace's registered worker processes, then a table of every matter
+(kind, identity, state, generation/observed, attempts, next due, last error on one line) and a
+count of states. With IDENTITY:
 everything about it (of every kind that has it, or of --kind): state, generations, attempts
 and backoff, the lease holder and expiry, timestamps, the cache as JSON and the full last error.
 
@@ -47,6 +49,7 @@ Exit codes: 0 shown, 1 failure (Postgres unreachable; IDENTITY not found), 2 usa
 (including a missing namespace), 3 schema version mismatch.
 `;
 
+/** Runs `dmm status` with `args`; returns the exit code (`--watch` runs until `io.signal` aborts). */
 export async function statusCommand(args: string[], io: Io): Promise<number> {
   const { values, positionals, help } = parse(
     args,
@@ -86,7 +89,7 @@ export async function statusCommand(args: string[], io: Io): Promise<number> {
       if (identity === undefined) {
         const matters = await listMatters(db.db, namespace, { kind, limit });
         if (values.json) return { text: JSON.stringify(matters.map(toJson), null, 2), found: true };
-        const header = `namespace ${namespace}${kind ? `, kind ${kind}` : ""}`;
+        const header = `namespace ${namespace}${kind ? `, kind ${kind}` : ""}; ${workersText(await listWorkers(db.db, namespace), now)}`;
         return { text: `${header}\n${renderStatusList(matters, { ...view, now })}`, found: true };
       }
       const kinds = kind ? [kind] : await listKinds(db.db, namespace);
@@ -112,6 +115,13 @@ export async function statusCommand(args: string[], io: Io): Promise<number> {
     io.out.write(`${text}\n`);
     return EXIT.ok;
   });
+}
+
+/** "no workers registered" or "2 workers: host pid 12 (up 5m), …". */
+function workersText(workers: WorkerRow[], now: Date): string {
+  if (workers.length === 0) return "no workers registered";
+  const list = workers.map((w) => `${w.host} pid ${w.pid} (up ${duration(Math.max(0, now.getTime() - w.startedAt.getTime()))})`);
+  return `${workers.length} worker${workers.length === 1 ? "" : "s"}: ${list.join(", ")}`;
 }
 
 async function missingNamespace(db: Database): Promise<never> {

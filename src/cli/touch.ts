@@ -20,6 +20,7 @@ import {
   type Io,
 } from "./common.js";
 
+/** The text of `dmm touch --help`. */
 export const TOUCH_HELP = `Usage: dmm touch [options] KIND IDENTITY
 
 Requests a run of the matter (KIND, IDENTITY) in the namespace, keeping its cache: bumps its
@@ -37,6 +38,7 @@ Exit codes: 0 touched, 1 failure (including: no such matter without --create), 2
 3 schema version mismatch.
 `;
 
+/** Runs `dmm touch` with `args`; returns the exit code. */
 export async function touchCommand(args: string[], io: Io): Promise<number> {
   const { values, positionals, help } = parse(
     args,

@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { open } from "../../src/bucket.js";
@@ -153,7 +154,7 @@ describe("dmm CLI", () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).not.toMatch(/\x1b\[/);
     const lines = r.stdout.trim().split("\n");
-    expect(lines[0]).toBe(`namespace ${ns}`);
+    expect(lines[0]).toBe(`namespace ${ns}; no workers registered`);
     expect(lines[1]).toMatch(/^KIND\s+IDENTITY\s+STATE\s+GEN\/OBS\s+ATTEMPTS\s+NEXT DUE\s+LAST ERROR$/);
     const row = (id: string) => lines.find((l) => l.includes(` ${id} `))!.split(/\s{2,}/);
     expect(row("ok-1").slice(0, 5)).toEqual(["thing", "ok-1", "ok", "1/1", "0"]);
@@ -238,6 +239,8 @@ describe("dmm CLI", () => {
         return m && m.state === "ok" && m.observedGeneration === before.generation + 1 ? m : undefined;
       });
       expect(after.cache.runs).toBe(before.cache.runs! + 1);
+      const status = await dmm(["status", "-n", ns]);
+      expect(status.stdout.split("\n")[0]).toMatch(new RegExp(`^namespace ${ns}; 1 worker: ${hostname()} pid ${process.pid} \\(up [\\d.]+m?s\\)$`));
     } finally {
       stop.abort();
       await working;
