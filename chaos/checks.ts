@@ -42,14 +42,18 @@ export interface CheckFigures {
   slowestNotifies: { namespace: string; identity: string; generation: string; at: string; ms: number }[];
 }
 
-/** Every identity converged: run at its last generation, cache applied == value, no lease. */
-export async function convergence(sql: postgres.Sql, namespaces: string[]): Promise<{ done: number; total: number }> {
-  const [r] = await sql<{ done: number; total: number }[]>`
-    select count(*) filter (where observed_generation = generation and lease_owner is null
+/**
+ * How many identities of each namespace converged: run at their last generation, cache
+ * `applied == value`, no lease held.
+ */
+export async function convergence(sql: postgres.Sql, namespaces: string[]): Promise<Record<string, { done: number; total: number }>> {
+  const rows = await sql<{ namespace: string; done: number; total: number }[]>`
+    select namespace,
+           count(*) filter (where observed_generation = generation and lease_owner is null
                               and (cache->'applied') = (cache->'value'))::int as done,
            count(*)::int as total
-    from dmm.dmm_matter where namespace in ${sql(namespaces)}`;
-  return r!;
+    from dmm.dmm_matter where namespace in ${sql(namespaces)} group by namespace`;
+  return Object.fromEntries(namespaces.map((ns) => [ns, rows.find((r) => r.namespace === ns) ?? { done: 0, total: 0 }]));
 }
 
 /** Runs every check; see the module comment. */
@@ -221,4 +225,58 @@ export async function runChecks(
       slowestNotifies: slowest,
     },
   };
+}
+
+/** Thrown to roll the self-test's transaction back. */
+class RollBack extends Error {}
+
+/**
+ * Proves the checks can fail: plants one violation of each kind into the record (and one
+ * broken matter) inside a transaction, runs the checks there, and rolls everything back.
+ * Returns the names of checks that stayed at zero, which would mean they are blind.
+ */
+export async function selfTest(sql: postgres.Sql, namespaces: string[], identities: number, notifies: NotifyRecord[]): Promise<string[]> {
+  let blind: string[] = [];
+  try {
+    await sql.begin(async (tx) => {
+      const [l] = await tx<{ namespace: string; identity: string; token: string; epoch: string; generation: string }[]>`
+        select namespace, identity, token, epoch::text, generation::text from chaos.ledger
+        where namespace in ${tx(namespaces)} and ended_at > started_at + interval '2 milliseconds'
+        order by started_at desc limit 1`;
+      if (!l) throw new Error("the record has no completed run to plant violations next to");
+      // overlap (and epoch-order): a run inside the interval of a real one, with a foreign epoch.
+      await tx`insert into chaos.ledger (token, namespace, identity, epoch, owner, generation, value, reason, attempt, pid, slot, started_at, ended_at)
+               select gen_random_uuid(), namespace, identity, epoch + 1000000, 'planted', generation, value, 'planted', 1, 0, -1,
+                      started_at + (ended_at - started_at) / 2, ended_at + interval '1 millisecond'
+               from chaos.ledger where token = ${l.token}::uuid`;
+      // epoch-order: the newest run of the identity, with the oldest epoch.
+      await tx`insert into chaos.ledger (token, namespace, identity, epoch, owner, generation, value, reason, attempt, pid, slot, started_at)
+               select gen_random_uuid(), namespace, identity, 0, 'planted', generation, value, 'planted', 1, 0, -1, clock_timestamp() + interval '1 hour'
+               from chaos.ledger where token = ${l.token}::uuid`;
+      // notify-followed (and lost-notify's generation count): a notify no run ever saw.
+      await tx`insert into chaos.notify_log (namespace, identity, value, generation, at)
+               values (${l.namespace}, ${l.identity}, 999999999, 999999999, clock_timestamp())`;
+      // zombie-write: a committed save whose lease had moved on.
+      await tx`insert into chaos.cache_writes (namespace, identity, token, run_epoch, run_owner, lease_epoch, lease_owner, lease_until, tx_now, at)
+               values (${l.namespace}, ${l.identity}, ${l.token}::uuid, ${l.epoch}::bigint, 'planted', ${l.epoch}::bigint + 1, 'someone else', now(), now(), now())`;
+      // converged and final-cache: a cache whose applied value no run saw.
+      await tx`update dmm.dmm_matter set cache = jsonb_set(cache, '{applied}', '-1')
+               where namespace = ${l.namespace} and identity = ${l.identity}`;
+      // half-done-notify and torn-read: a run that saw the value of a notify that never committed.
+      await tx`insert into chaos.ledger (token, namespace, identity, epoch, owner, generation, value, reason, attempt, pid, slot, started_at, ended_at)
+               values (gen_random_uuid(), ${l.namespace}, ${l.identity}, 0, 'planted', ${l.generation}::bigint, 777777777, 'planted', 1, 0, -1,
+                       '2000-01-01', '2000-01-01')`;
+      const planted: NotifyRecord[] = [
+        ...notifies,
+        { namespace: l.namespace, identity: l.identity, value: 888888888, generation: 5, outcome: "committed", at: Date.now() },
+        { namespace: l.namespace, identity: l.identity, value: 777777777, generation: null, outcome: "unknown", at: Date.now() },
+      ];
+      const { checks } = await runChecks(tx as unknown as postgres.Sql, namespaces, identities, planted, false);
+      blind = checks.filter((c) => c.violations === 0).map((c) => c.name);
+      throw new RollBack();
+    });
+  } catch (err) {
+    if (!(err instanceof RollBack)) throw err;
+  }
+  return blind;
 }

@@ -23,6 +23,8 @@ export interface FleetOptions {
   natsPort: number;
   /** Postgres URL of the private server; the host and port are replaced by the slot's proxy. */
   postgresUrl: string;
+  /** Extra postgres.js URL parameters for the workers (e.g. `fetch_types=false`), or empty. */
+  postgresParams?: string;
   timings: WorkerTimings;
   profile: WorkProfile;
   /** Directory for one log file per slot. */
@@ -101,6 +103,7 @@ export class Fleet {
     const killFile = path.join(this.options.logDir, `relay-kill-${i}-${slot.incarnation}.json`);
     const url = new URL(this.options.postgresUrl);
     url.port = String(slot.pgProxy.port);
+    for (const [k, v] of new URLSearchParams(this.options.postgresParams ?? "")) url.searchParams.set(k, v);
     const config: WorkerConfig = {
       slot: i,
       incarnation: slot.incarnation,

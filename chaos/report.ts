@@ -21,6 +21,8 @@ export interface ChaosReport {
     /** Worker processes started over the run (restarts after kills included). */
     workerIncarnations: number;
     timings: WorkerTimings;
+    /** postgres.js URL parameters the workers used (empty: dmm's defaults). */
+    workerPostgresParams: string;
     faultPeriodS: number;
   };
   notifies: {
@@ -47,9 +49,13 @@ export interface ChaosReport {
   faultsTotal: number;
   faultMisses: FaultMiss[];
   /** Relay kills, and how many left their outbox row behind (the kill landed between PubAck and delete). */
-  relayKillRows: { total: number; leftBehind: number };
+  relayKillRows: { total: number; leftBehind: number; stillThereAtEnd: number };
   /** From the moment everything was healed (and notifies stopped) until every identity converged. */
   convergeAfterLastFaultMs: number | null;
+  /** The same, per namespace (null: did not converge). */
+  convergeByNamespaceMs: Record<string, number | null>;
+  /** From the heal until every worker process (restarted ones too) reported ready. */
+  workersReadyAfterHealMs: number | null;
   /** Notify commit → end of the first completed run that saw it. */
   notifyToRunMs: { p50: number; p99: number; max: number } | null;
   slowestNotifies: { namespace: string; identity: string; generation: string; at: string; ms: number }[];
@@ -62,6 +68,8 @@ export interface ChaosReport {
    * driver errors the run's own process survived. Not invariant violations, but bugs.
    */
   crashes: { workers: UnexpectedExit[]; runDriverErrors: number };
+  /** Checks that did not fire on a planted violation (the self-test); must be empty. */
+  blindChecks: string[];
   faultLog: FaultRecord[];
 }
 
@@ -100,8 +108,10 @@ export function printReport(r: ChaosReport): void {
       ["runs by reason", Object.entries(r.runs.byReason).map(([k, v]) => `${k} ${v}`).join(", ")],
       ["cache saves committed", r.runs.cacheSaves],
       ["faults injected", r.faultsTotal],
-      ["relay kills that left their outbox row", `${r.relayKillRows.leftBehind} of ${r.relayKillRows.total}`],
+      ["relay kills that left their outbox row", `${r.relayKillRows.leftBehind} of ${r.relayKillRows.total} (${r.relayKillRows.stillThereAtEnd} still there at the end)`],
       ["time to converge after the last fault", r.convergeAfterLastFaultMs === null ? "DID NOT CONVERGE" : `${(r.convergeAfterLastFaultMs / 1000).toFixed(2)} s`],
+      ["  per namespace", Object.entries(r.convergeByNamespaceMs).map(([k, v]) => `${k} ${v === null ? "-" : `${(v / 1000).toFixed(2)} s`}`).join(", ")],
+      ["  all workers ready again after", r.workersReadyAfterHealMs === null ? "-" : `${(r.workersReadyAfterHealMs / 1000).toFixed(2)} s`],
       ["notify → run seen (p50 / p99 / max)", r.notifyToRunMs ? `${r.notifyToRunMs.p50} / ${r.notifyToRunMs.p99} / ${r.notifyToRunMs.max} ms` : "-"],
     ]),
   );
@@ -118,6 +128,11 @@ export function printReport(r: ChaosReport): void {
     for (const s of c.samples) out.push(`    ${JSON.stringify(s)}`);
   }
   out.push(`  total: ${r.violations}`);
+  out.push(
+    r.blindChecks.length === 0
+      ? `  (self-test: each check caught a planted violation, rolled back)`
+      : `  SELF-TEST FAILED: blind checks: ${r.blindChecks.join(", ")}`,
+  );
   out.push("");
   out.push(`worker processes that crashed on their own: ${r.crashes.workers.length}; driver errors survived by the run's process: ${r.crashes.runDriverErrors}`);
   const bySignature = new Map<string, UnexpectedExit[]>();

@@ -11,9 +11,11 @@
  *
  * Options: `--quick`, `--seed N`, `--faults-s N` (fault period), `--identities N`,
  * `--workers N`, `--json PATH` (the full run writes bench/results/chaos-<timestamp>.json),
- * `--keep-logs`, `--strict` (a worker process that crashes on its own fails the run too). Exit
+ * `--keep-logs`, `--pg-params Q` (postgres.js URL parameters for the workers, e.g.
+ * `fetch_types=false`, to test a driver mitigation), `--strict` (a worker process that crashes on its own fails the run too). Exit
  * code 0: zero violations; 1: violations; 2: the run itself failed (a
- * server would not start, the watchdog fired); 130: interrupted. Worker logs are removed at the
+ * server would not start, the watchdog fired, a check did not catch its planted violation);
+ * 130: interrupted. Worker logs are removed at the
  * end unless the run had violations or `--keep-logs` was given (the path is printed then).
  */
 import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -26,7 +28,7 @@ import { createRandom, startNatsServer, startPostgresServer, type NatsServer, ty
 import { Fleet } from "./fleet.js";
 import { FAULT_KINDS, FaultInjector, withTimeout, type FaultKind } from "./faults.js";
 import { Notifier } from "./notifier.js";
-import { convergence, runChecks } from "./checks.js";
+import { convergence, runChecks, selfTest } from "./checks.js";
 import { CHAOS_SCHEMA_SQL, type WorkerBucket, type WorkerTimings, type WorkProfile } from "./model.js";
 import { printReport, type ChaosReport } from "./report.js";
 
@@ -76,7 +78,7 @@ const INFRA_BAG: Partial<Record<FaultKind, number>> = {
   "token-purge": 1,
 };
 
-function parseArgs(argv: string[]): { plan: Plan; seed: number; json: string | null; keepLogs: boolean; strict: boolean } {
+function parseArgs(argv: string[]): { plan: Plan; seed: number; json: string | null; keepLogs: boolean; strict: boolean; pgParams: string } {
   const flag = (name: string) => argv.includes(`--${name}`);
   const value = (name: string): string | undefined => {
     const i = argv.indexOf(`--${name}`);
@@ -134,7 +136,7 @@ function parseArgs(argv: string[]): { plan: Plan; seed: number; json: string | n
   const seed = num("seed") ?? Math.floor(Math.random() * 2 ** 31);
   const stamp = new Date().toISOString().replace(/[:.]/g, "-").replace(/-\d{3}Z$/, "Z");
   const json = value("json") ?? (quick ? null : path.join(ROOT, "bench", "results", `chaos-${stamp}.json`));
-  return { plan, seed, json, keepLogs: flag("keep-logs"), strict: flag("strict") };
+  return { plan, seed, json, keepLogs: flag("keep-logs"), strict: flag("strict"), pgParams: value("pg-params") ?? "" };
 }
 
 /** The buckets of worker slot `slot`: every namespace; in a mixed one, even slots use NATS. */
@@ -145,7 +147,7 @@ function bucketsOf(plan: Plan, slot: number): WorkerBucket[] {
 const log = (line: string) => process.stderr.write(`[chaos ${new Date().toISOString().slice(11, 19)}] ${line}\n`);
 
 async function main(): Promise<number> {
-  const { plan, seed, json, keepLogs, strict } = parseArgs(process.argv.slice(2));
+  const { plan, seed, json, keepLogs, strict, pgParams } = parseArgs(process.argv.slice(2));
   const random = createRandom(seed);
   const started = Date.now();
   const nsNames = plan.namespaces.map((n) => n.name);
@@ -249,6 +251,7 @@ async function main(): Promise<number> {
       postgresPort: pg.port,
       natsPort: nats.port,
       postgresUrl: pg.url,
+      postgresParams: pgParams,
       timings: TIMINGS,
       profile: PROFILE,
       logDir,
@@ -287,15 +290,22 @@ async function main(): Promise<number> {
     const healedAt = injector.lastHealAt;
     log(`faults over after ${(faultsMs / 1000).toFixed(1)} s; everything healed, notifier stopped; waiting for convergence`);
     let convergeMs: number | null = null;
-    let last = { done: 0, total: 0 };
-    const expected = plan.identities * nsNames.length;
+    const convergeByNamespace: Record<string, number | null> = Object.fromEntries(nsNames.map((ns) => [ns, null]));
+    let workersBackMs: number | null = null;
+    let last: Record<string, { done: number; total: number }> = {};
     const convergeDeadline = Date.now() + plan.convergeTimeoutMs;
     while (Date.now() < convergeDeadline) {
       // Workers that die now (a fault's late effect) are restarted: healing means all of them run.
       for (const s of fleet.slots) if (!fleet.alive(s.index) && !s.restartTimer) fleet.start(s.index);
+      if (workersBackMs === null && fleet.slots.every((s) => fleet!.alive(s.index) && !s.starting)) workersBackMs = Date.now() - healedAt;
       try {
         last = await withTimeout(convergence(admin, nsNames), 5_000);
-        if (last.done === expected && last.total === expected) {
+        for (const ns of nsNames) {
+          if (convergeByNamespace[ns] === null && last[ns]!.done === plan.identities && last[ns]!.total === plan.identities) {
+            convergeByNamespace[ns] = Date.now() - healedAt;
+          }
+        }
+        if (nsNames.every((ns) => convergeByNamespace[ns] !== null)) {
           convergeMs = Date.now() - healedAt;
           break;
         }
@@ -304,12 +314,24 @@ async function main(): Promise<number> {
       }
       await new Promise((r) => setTimeout(r, 200));
     }
-    log(convergeMs === null ? `NOT converged within ${plan.convergeTimeoutMs / 1000} s: ${last.done}/${expected}` : `converged ${convergeMs} ms after the last fault was healed`);
+    log(
+      convergeMs === null
+        ? `NOT converged within ${plan.convergeTimeoutMs / 1000} s: ${nsNames.map((ns) => `${ns} ${last[ns]?.done ?? "?"}/${plan.identities}`).join(", ")}`
+        : `converged ${convergeMs} ms after the last fault was healed (${nsNames.map((ns) => `${ns} ${convergeByNamespace[ns]} ms`).join(", ")}; all workers ready after ${workersBackMs ?? "?"} ms)`,
+    );
 
     await fleet.stop(10_000);
+    // The outbox rows relay kills left behind: relayed again (a duplicate msgID) and deleted by now?
+    const killedRows = injector.relayKillRows.map((r) => r.rowId);
+    const [left] = killedRows.length
+      ? await admin<{ n: number }[]>`select count(*)::int as n from dmm.dmm_outbox where id in ${admin(killedRows)}`
+      : [{ n: 0 }];
     const { checks, figures } = await runChecks(admin, nsNames, plan.identities, notifier.records, convergeMs !== null);
     if (notifier.anomalies.length > 0) checks.push({ name: "notify-readback", violations: notifier.anomalies.length, samples: notifier.anomalies.slice(0, 5) });
     violations = checks.reduce((s, c) => s + c.violations, 0);
+    // The checks must be able to fail: plant one violation of each kind, rolled back after.
+    const blindChecks = await selfTest(admin, nsNames, plan.identities, notifier.records);
+    if (blindChecks.length > 0) log(`check self-test: these checks did not see a planted violation: ${blindChecks.join(", ")}`);
     if (keepLogs || violations > 0) {
       // The record around the slowest notifies, for whoever reads the kept logs.
       const detail = [];
@@ -339,6 +361,7 @@ async function main(): Promise<number> {
         workers: plan.workers,
         workerIncarnations: fleet.slots.reduce((s, x) => s + x.incarnation, 0),
         timings: TIMINGS,
+        workerPostgresParams: pgParams,
         faultPeriodS: Math.round(faultsMs / 100) / 10,
       },
       notifies: { committed: counts.committed, unknown: counts.unknown, unknownCommitted: figures.unknownCommitted, unknownRolledBack: figures.unknownRolledBack },
@@ -355,14 +378,18 @@ async function main(): Promise<number> {
       relayKillRows: {
         total: injector.relayKillRows.length,
         leftBehind: injector.relayKillRows.filter((r) => r.presentAfterKill === true).length,
+        stillThereAtEnd: left!.n,
       },
       convergeAfterLastFaultMs: convergeMs,
+      convergeByNamespaceMs: convergeByNamespace,
+      workersReadyAfterHealMs: workersBackMs,
       notifyToRunMs: figures.notifyToRunMs,
       slowestNotifies: figures.slowestNotifies,
       workerLog: Object.fromEntries([...fleet.logCounts.entries()].sort((a, b) => b[1] - a[1])),
       checks,
       violations,
       crashes: { workers: crashes, runDriverErrors: driverErrors },
+      blindChecks,
       faultLog: injector.records,
     };
     printReport(report);
@@ -371,6 +398,7 @@ async function main(): Promise<number> {
       await writeFile(json, `${JSON.stringify(report, null, 2)}\n`);
       log(`figures written to ${path.relative(process.cwd(), json)}`);
     }
+    if (blindChecks.length > 0) return 2;
     if (strict && crashes.length > 0) {
       log(`--strict: ${crashes.length} worker processes crashed on their own`);
       return 1;
