@@ -6,7 +6,7 @@
  */
 import { afterAll, describe, expect, it } from "vitest";
 import { execFileSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomInt } from "node:crypto";
 import { chmodSync, chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -445,7 +445,7 @@ describe("least privilege", () => {
         // The dead-worker check (pg_locks, delete from dmm_worker) works too: a worker row
         // whose advisory lock nobody holds is reaped.
         const rt = postgres(as(runtime), { max: 1, onnotice: () => {} });
-        await rt`insert into dmm.dmm_worker (id, namespace, lock_key, host, pid) values (${`ghost-${mode}`}, ${bucket.namespace}, 1, 'nowhere', 1)`;
+        await rt`insert into dmm.dmm_worker (id, namespace, lock_key, host, pid) values (${`ghost-${mode}`}, ${bucket.namespace}, ${randomInt(2, 2 ** 31 - 1)}, 'nowhere', 1)`;
         await waitFor("the ghost worker to be reaped", async () => (await rt`select 1 from dmm.dmm_worker where id = ${`ghost-${mode}`}`).length === 0);
         await rt.end();
         expect(lines.filter((l) => l.level === "error" || /error$/.test(l.msg))).toEqual([]);
