@@ -506,6 +506,8 @@ function toView(row: MatterRow): MatterView {
     attempts: row.attempts,
     lastError: row.lastError,
     dueAt: row.dueAt,
+    dueReason: row.dueReason as MatterView["dueReason"],
+    parked: row.parked && row.state === "parked",
     state: row.state,
     leaseOwner: row.leaseOwner,
     leaseEpoch: row.leaseEpoch,

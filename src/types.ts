@@ -119,8 +119,12 @@ export interface MatterView<M extends Materializer = Materializer> {
   attempts: number;
   /** The last failure's message (with stack where there was one), or null. */
   lastError: string | null;
-  /** When the next scheduled run (retry, requeue, resync) is due, or null. */
+  /** When the next scheduled run is due, or null. */
   dueAt: Date | null;
+  /** Why that run is scheduled: `retry`, `requeue` or `resync` (null when none is). */
+  dueReason: "retry" | "requeue" | "resync" | null;
+  /** True while parked by a TerminalError (until the next notify or touch). */
+  parked: boolean;
   state: MatterState;
   /** The worker holding the lease, its fencing epoch and expiry (null when free). */
   leaseOwner: string | null;

@@ -123,6 +123,9 @@ export class Engine {
     every(this.#deps.heartbeatMs, () => this.#heartbeat());
     every(this.#deps.sweepIntervalMs, () => this.#sweep());
     every(this.#deps.deadWorkerCheckMs, () => this.#reap());
+    // A worker that starts after others died picks up their leftovers at once, not one
+    // interval later.
+    void this.#reap().then(() => this.#sweep());
   }
 
   /** The current worker id (changes if the session had to be re-opened). */
@@ -246,11 +249,7 @@ export class Engine {
    * in a batch; the returned promise resolves after the finish.
    */
   run(entry: KindEntry, claimed: Claimed, onSettled: () => void): Promise<void> {
-    const { matter } = claimed;
-    const id = leaseId(matter.kind, matter.identity);
-    const controller = new AbortController();
-    const lease: Lease = { kind: matter.kind, identity: matter.identity, epoch: matter.epoch, controller, token: claimed.token };
-    this.#leases.set(id, lease);
+    const lease = this.#lease(claimed);
     const p = this.#execute(entry, claimed, lease, onSettled).finally(() => this.#runs.delete(p));
     this.#runs.add(p);
     return p;
@@ -345,14 +344,32 @@ export class Engine {
   }
 
   /**
+   * Starts heartbeating the leases of freshly claimed matters (and extending their tokens' ack
+   * waits), also while they wait in a runner's buffer.
+   */
+  hold(claimed: Claimed[]): void {
+    for (const c of claimed) this.#lease(c);
+  }
+
+  /** The lease record of a claimed matter, created on first sight. */
+  #lease(claimed: Claimed): Lease {
+    const { matter } = claimed;
+    const id = leaseId(matter.kind, matter.identity);
+    const known = this.#leases.get(id);
+    if (known && known.epoch === matter.epoch) return known;
+    const lease: Lease = { kind: matter.kind, identity: matter.identity, epoch: matter.epoch, controller: new AbortController(), token: claimed.token };
+    this.#leases.set(id, lease);
+    return lease;
+  }
+
+  /**
    * Gives back claimed matters that were never run (a stopping runner's buffer): their leases
    * are cleared without counting an attempt, and they go back on the outbox for another worker.
    */
   release(claimed: Claimed[]): void {
     for (const c of claimed) {
       const { matter } = c;
-      const lease: Lease = { kind: matter.kind, identity: matter.identity, epoch: matter.epoch, controller: new AbortController(), token: c.token };
-      this.#leases.set(leaseId(matter.kind, matter.identity), lease);
+      const lease = this.#lease(c);
       const p = this.#finish(
         {
           owner: matter.owner,
@@ -520,6 +537,7 @@ export async function runKind(
         continue;
       }
       if (signal.aborted) {
+        engine.hold(claimed);
         buffer.push(...claimed);
         break;
       }
@@ -527,6 +545,7 @@ export async function runKind(
         await untilAborted(source.ready(signal), signal);
         continue;
       }
+      engine.hold(claimed);
       buffer.push(...claimed);
       startRuns();
     }

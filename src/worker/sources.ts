@@ -50,10 +50,13 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource {
   };
   const request = (n: number) => {
     outstanding += n;
+    // A pull that outlives its expiry (lost in a reconnect, a stalled server) is stopped, so
+    // its slots are requested again instead of being waited for forever.
+    const giveUp = AbortSignal.any([stopper.signal, AbortSignal.timeout(deps.expiresMs + 5_000)]);
     void (async () => {
       let received = 0;
       try {
-        for await (const token of deps.fetch(n, deps.expiresMs, stopper.signal)) {
+        for await (const token of deps.fetch(n, deps.expiresMs, giveUp)) {
           received++;
           outstanding--;
           if (stopper.signal.aborted) token.nak(0);
@@ -112,7 +115,16 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource {
     ready(signal) {
       if (queue.length > 0 || signal.aborted) return Promise.resolve();
       return new Promise<void>((resolve) => {
-        waiter = resolve;
+        // Re-check now and then even without news: a belt to the pulls' braces.
+        const t = setTimeout(() => {
+          if (waiter === done) waiter = null;
+          resolve();
+        }, deps.expiresMs);
+        const done = () => {
+          clearTimeout(t);
+          resolve();
+        };
+        waiter = done;
       });
     },
     async close() {

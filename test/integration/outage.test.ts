@@ -130,7 +130,9 @@ describe("outages", () => {
     await bucket.notify(Object.assign(new Held(), { id: "h" }));
     await started.promise;
     // Kill the worker's session: the connection that holds its advisory lock and heartbeats.
-    const [session] = await sql`select pid from pg_locks where locktype = 'advisory' and classid = 6581613 and objsubid = 2 and granted`;
+    const [session] = await sql`select pid from pg_locks
+      where locktype = 'advisory' and classid = 6581613 and objsubid = 2 and granted
+        and database = (select oid from pg_database where datname = current_database())`;
     await sql`select pg_terminate_backend(${session!.pid})`;
     await waitFor("the run to be aborted", () => reason !== undefined, { timeoutMs: 10_000 });
     expect(reason).toBeInstanceOf(LeaseLostError);
