@@ -506,7 +506,7 @@ function toView(row: MatterRow): MatterView {
     attempts: row.attempts,
     lastError: row.lastError,
     dueAt: row.dueAt,
-    dueReason: row.dueReason as MatterView["dueReason"],
+    dueReason: row.dueReason,
     parked: row.parked && row.state === "parked",
     state: row.state,
     leaseOwner: row.leaseOwner,

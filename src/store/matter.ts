@@ -18,7 +18,7 @@ export interface MatterRow {
   lastError: string | null;
   parked: boolean;
   dueAt: Date | null;
-  dueReason: string | null;
+  dueReason: "retry" | "requeue" | "resync" | null;
   leaseOwner: string | null;
   leaseEpoch: number;
   leaseUntil: Date | null;
@@ -73,7 +73,7 @@ function toRow(r: Raw): MatterRow {
     lastError: (r.last_error as string | null) ?? null,
     parked: r.parked as boolean,
     dueAt: toDate(r.due_at),
-    dueReason: (r.due_reason as string | null) ?? null,
+    dueReason: (r.due_reason as MatterRow["dueReason"]) ?? null,
     leaseOwner: (r.lease_owner as string | null) ?? null,
     leaseEpoch: Number(r.lease_epoch),
     leaseUntil: toDate(r.lease_until),
