@@ -7,13 +7,10 @@
 import type { MatterState, MatterView } from "../types.js";
 
 /**
- * A matter as the status views read it: `MatterView` plus the bookkeeping that only a direct
- * read of the row has (the CLI reads rows; an app passes what `bucket.matters()` returns).
+ * A matter as the status views read it: what `bucket.matters()` returns (the CLI reads the
+ * same fields from the rows). `dueReason` and `parked` may be left out by hand-made values.
  */
-export type StatusMatter = MatterView & {
-  /** Why the run at `dueAt` happens (`retry`, `requeue`, `resync`), when known. */
-  dueReason?: string | null;
-};
+export type StatusMatter = Omit<MatterView, "dueReason" | "parked"> & Partial<Pick<MatterView, "dueReason" | "parked">>;
 
 /** How the views render. */
 export interface StatusOptions {
