@@ -215,7 +215,7 @@ describe.each(MODES)("generated input with %s dispatch", (mode) => {
           expect((await bucket.matter(Key, id))?.cache).toEqual({ id, nonce, seenAs: id });
         }
       }),
-      { numRuns: 40 },
+      { numRuns: 30 },
     );
     await quiesce(bucket, sql);
     const rows = await sql<{ identity: string; cached: string }[]>`
@@ -275,7 +275,7 @@ describe.each(MODES)("generated input with %s dispatch", (mode) => {
           expect((await bucket.matter(Blob, item.id))?.cache).toStrictEqual({ id: item.id, payload: want, runs: 1 });
         }
       }),
-      { numRuns: 40 },
+      { numRuns: 30 },
     );
     await quiesce(bucket, sql);
     const [row] = await sql<{ n: number }[]>`select count(*)::int as n from dmm.dmm_matter where namespace = ${bucket.namespace}`;
@@ -325,7 +325,7 @@ describe.each(MODES)("generated input with %s dispatch", (mode) => {
         await bucket.close();
         await Promise.all(works);
       }),
-      { numRuns: mode === "nats" ? 8 : 15 },
+      { numRuns: mode === "nats" ? 6 : 10 },
     );
     // Only names that passed the rule ever reached a row.
     const names = await sql<{ name: string }[]>`select distinct namespace as name from dmm.dmm_matter union select distinct kind from dmm.dmm_matter`;
