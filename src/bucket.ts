@@ -4,7 +4,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { checkIdentity, checkName, encodeCache } from "./codec.js";
-import { ClosedError, ConfigError, LeaseLostError } from "./errors.js";
+import { ClosedError, ConfigError, ConnectionError, DmmError, LeaseLostError } from "./errors.js";
 import { resolveOptions, type OpenOptions, type ResolvedOptions } from "./options.js";
 import { Registry, type KindEntry, type KindOptions } from "./registry.js";
 import type { DrizzleExecutor, Materializer, MaterializerClass, MatterView } from "./types.js";
@@ -20,6 +20,7 @@ import {
   notifyMatters,
   openDatabase,
   readMatter,
+  redact,
   listMatters,
   reapDeadWorkers,
   registerWorker,
@@ -147,7 +148,7 @@ export async function open(namespace: string, options: OpenOptions): Promise<Buc
   } catch (err) {
     await tokens?.close().catch(() => {});
     await db.close().catch(() => {});
-    throw err;
+    throw openError(err, opts.database);
   }
   return new BucketImpl(opts, db, tokens);
 }
@@ -487,6 +488,18 @@ class BucketImpl implements Bucket, BucketInternals {
     }
     for (const source of this.#sources.get(payload.slice(colon + 1)) ?? []) source.wake();
   }
+}
+
+/**
+ * What `open()` throws when it fails: dmm's own errors as they are, Postgres's SQL errors as
+ * they are, and everything else (refused or dropped connections, TLS failures) as a
+ * `ConnectionError` naming the database without its password.
+ */
+function openError(err: unknown, database: unknown): unknown {
+  if (err instanceof DmmError) return err;
+  if (err && typeof err === "object" && "severity" in err) return err;
+  const where = typeof database === "string" ? redact(database) : "the given client";
+  return new ConnectionError(`Could not open the database at ${where}: ${(err as Error)?.message ?? String(err)}. Check that Postgres is running and the URL (and its TLS settings) are right.`, { cause: err });
 }
 
 function callIdentity(entry: KindEntry, instance: Materializer): string {

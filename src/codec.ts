@@ -10,6 +10,20 @@ const NAME = /^[a-z0-9_-]{1,64}$/;
 /** The longest identity, in UTF-8 bytes. Longer keys make subjects and indexes unwieldy. */
 export const MAX_IDENTITY_BYTES = 512;
 
+/** Deepest nesting a cache may have; deeper structures are refused, not stack-overflowed. */
+export const MAX_CACHE_DEPTH = 512;
+
+/**
+ * Makes any text storable in Postgres text and jsonb: lone surrogates become U+FFFD, NUL
+ * becomes the visible escape `\u0000`, and text past `maxChars` is cut (never inside a
+ * surrogate pair) with an ellipsis. For error messages and logs, which must always be recorded.
+ */
+export function storableText(text: string, maxChars = 8_000): string {
+  let t = text.length > maxChars ? `${text.slice(0, maxChars)}…` : text;
+  t = t.toWellFormed();
+  return t.includes("\u0000") ? t.replaceAll("\u0000", "\\u0000") : t;
+}
+
 /** Checks a namespace or kind; `what` names it in the error ("namespace", "kind"). */
 export function checkName(what: "namespace" | "kind", value: unknown): string {
   if (typeof value !== "string" || !NAME.test(value)) {
@@ -60,6 +74,7 @@ export function checkIdentity(kind: string, value: unknown): string {
  */
 export function encodeCache(kind: string, identity: string, instance: object, maxBytes: number): string {
   const seen = new Set<object>();
+  let depth = 0;
   const check = (value: unknown, path: string): void => {
     switch (typeof value) {
       case "string":
@@ -88,15 +103,28 @@ export function encodeCache(kind: string, identity: string, instance: object, ma
     if (seen.has(obj)) {
       throw invalid(kind, identity, path, "a reference cycle", "store plain data without back-references");
     }
-    if (Array.isArray(obj)) {
-      seen.add(obj);
-      obj.forEach((v, i) => {
-        if (v === undefined) throw invalid(kind, identity, `${path}[${i}]`, "undefined inside an array", "use null");
-        check(v, `${path}[${i}]`);
-      });
-      seen.delete(obj);
-      return;
+    if (depth >= MAX_CACHE_DEPTH) {
+      throw invalid(kind, identity, path, `data nested more than ${MAX_CACHE_DEPTH} levels deep`, "flatten it");
     }
+    depth++;
+    try {
+      if (Array.isArray(obj)) {
+        seen.add(obj);
+        for (let i = 0; i < obj.length; i++) {
+          if (!(i in obj) || obj[i] === undefined) {
+            throw invalid(kind, identity, `${path}[${i}]`, "undefined (or a hole) inside an array", "use null");
+          }
+          check(obj[i], `${path}[${i}]`);
+        }
+        seen.delete(obj);
+        return;
+      }
+      checkObject(obj, path);
+    } finally {
+      depth--;
+    }
+  };
+  const checkObject = (obj: object, path: string): void => {
     const proto = Object.getPrototypeOf(obj);
     if (proto !== Object.prototype && proto !== null && path !== "") {
       const name = (obj as { constructor?: { name?: string } }).constructor?.name ?? "object";
@@ -105,6 +133,9 @@ export function encodeCache(kind: string, identity: string, instance: object, ma
     }
     seen.add(obj);
     for (const key of Object.keys(obj)) {
+      if (path === "" && key === "__proto__") {
+        throw invalid(kind, identity, key, "a field named __proto__", "rename the field (restoring it would replace the instance's prototype)");
+      }
       if (!key.isWellFormed() || key.includes("\u0000")) {
         throw invalid(kind, identity, `${path}.${key}`, "a field name with a NUL character or a lone surrogate", "rename the field");
       }

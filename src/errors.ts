@@ -130,12 +130,25 @@ export class RetryAfterError extends DmmError {
  * handling, logging and `last_error` never depend on what user code threw.
  */
 export function coerceError(thrown: unknown): Error {
-  if (thrown instanceof Error) return thrown;
+  try {
+    if (thrown instanceof Error) {
+      // Touch what callers read: an Error whose getters throw is treated like a non-Error.
+      void String(thrown.message);
+      void String(thrown.stack ?? "");
+      return thrown;
+    }
+  } catch {
+    /* a hostile Error (or a Proxy posing as one): fall through */
+  }
   let text: string;
   try {
-    text = typeof thrown === "string" ? thrown : JSON.stringify(thrown) ?? String(thrown);
+    text = typeof thrown === "string" ? thrown : (JSON.stringify(thrown) ?? String(thrown));
   } catch {
-    text = Object.prototype.toString.call(thrown);
+    try {
+      text = Object.prototype.toString.call(thrown);
+    } catch {
+      text = "(unreadable)";
+    }
   }
   const err = new Error(`Non-Error thrown: ${text}`);
   (err as Error & { thrown?: unknown }).thrown = thrown;

@@ -41,5 +41,7 @@ export function parseTokenSubject(namespace: string, subject: string): { kind: s
   if (!/^[A-Za-z0-9_-]+$/.test(encoded)) return null;
   const identity = Buffer.from(encoded, "base64url").toString("utf8");
   if (identity.length === 0 || Buffer.from(identity, "utf8").toString("base64url") !== encoded) return null;
+  // Nothing dmm would refuse as an identity can be a real token: NUL, or over 512 bytes.
+  if (identity.includes("\u0000") || Buffer.byteLength(identity, "utf8") > 512) return null;
   return { kind, identity };
 }

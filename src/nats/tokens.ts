@@ -77,15 +77,17 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
   let nc: NatsConnection;
   let owned = false;
   if (typeof input === "string" || (typeof input === "object" && input !== null && "servers" in input && !("publish" in input))) {
-    const options: NodeConnectionOptions =
-      typeof input === "string" ? { servers: input.split(",") } : (input as NodeConnectionOptions);
+    const options: NodeConnectionOptions = typeof input === "string" ? parseNatsUrl(input) : (input as NodeConnectionOptions);
     try {
       // Pings every 2 s, three unanswered ones mean stale: a half-open connection is noticed in
       // seconds rather than the client's default minutes.
       nc = await connect({ name: `dmm:${namespace}`, maxReconnectAttempts: -1, reconnectTimeWait: 500, pingInterval: 2_000, maxPingOut: 3, ...options });
     } catch (err) {
+      const refused = /ECONNREFUSED|CONNECTION_REFUSED/i.test(String((err as { code?: string }).code ?? (err as Error).message));
       throw new ConnectionError(
-        `Could not connect to NATS at ${JSON.stringify(options.servers)}: ${(err as Error).message}. Start nats-server with JetStream (-js), fix the URL, or omit the nats option to dispatch through Postgres only.`,
+        `Could not connect to NATS at ${redactServers(options.servers)}: ${(err as Error).message}. ${
+          refused ? "Start nats-server with JetStream (-js), fix the URL, or omit the nats option to dispatch through Postgres only." : "Check the credentials and TLS settings of the nats option."
+        }`,
         { cause: err },
       );
     }
@@ -272,6 +274,39 @@ function createAckCollector(nc: NatsConnection) {
       };
     },
   };
+}
+
+/**
+ * Reads a `nats://` URL (or a comma-separated list): credentials in the URL's user info
+ * (`nats://user:pass@host`, `nats://token@host`) become the client's `user`/`pass` or `token`
+ * options, which the client would otherwise ignore, and the servers keep only host and port.
+ */
+export function parseNatsUrl(input: string): NodeConnectionOptions {
+  const options: NodeConnectionOptions = {};
+  const servers: string[] = [];
+  for (const part of input.split(",").map((p) => p.trim()).filter(Boolean)) {
+    let url: URL;
+    try {
+      url = new URL(part.includes("://") ? part : `nats://${part}`);
+    } catch {
+      throw new ConfigError(`The NATS URL ${JSON.stringify(redactServers(part))} is not a URL; use nats://host:4222.`);
+    }
+    if (url.username && url.password) {
+      options.user = decodeURIComponent(url.username);
+      options.pass = decodeURIComponent(url.password);
+    } else if (url.username) {
+      options.token = decodeURIComponent(url.username);
+    }
+    servers.push(`${url.protocol}//${url.host}`);
+  }
+  options.servers = servers;
+  return options;
+}
+
+/** Server list for messages, without credentials. */
+function redactServers(servers: unknown): string {
+  const list = Array.isArray(servers) ? servers : [servers];
+  return JSON.stringify(list.map((s) => String(s).replace(/\/\/[^@/]*@/, "//***@")));
 }
 
 function toToken(key: { kind: string; identity: string }, msg: JsMsg): Token {

@@ -47,7 +47,10 @@ export function openDatabase(input: DatabaseInput, opts: { poolSize?: number; ap
     return wrap(client, true);
   }
   if (typeof input === "function" && typeof (input as postgres.Sql).unsafe === "function") {
-    return wrap(input as postgres.Sql, false);
+    // A bare postgres.js client: Drizzle would switch its json and date parsers for every user
+    // of that client, so dmm opens its own pool with the same connection settings instead.
+    const own = postgres(connectionOptions(input as postgres.Sql, { max: opts.poolSize ?? DEFAULT_POOL_SIZE, applicationName: opts.applicationName ?? "dmm" }));
+    return wrap(own, true);
   }
   const inner = (input as { $client?: unknown } | null)?.$client;
   if (typeof inner === "function" && typeof (inner as postgres.Sql).unsafe === "function") {
@@ -56,6 +59,34 @@ export function openDatabase(input: DatabaseInput, opts: { poolSize?: number; ap
   throw new ConfigError(
     "The database option must be a postgres:// URL, a postgres.js client, or a Drizzle database created with drizzle-orm/postgres-js; other drivers (node-postgres, neon) are not supported.",
   );
+}
+
+/**
+ * The connection settings of `client` (host, port, database, user, password, TLS, …) for
+ * another client of dmm's own on the same server, with `overrides` applied.
+ */
+export function connectionOptions(
+  client: postgres.Sql,
+  overrides: { max: number; max_lifetime?: number; idle_timeout?: number; applicationName: string },
+): postgres.Options<Record<string, never>> {
+  const o = client.options as unknown as Record<string, unknown>;
+  return {
+    host: o.host as string,
+    port: o.port as number,
+    path: o.path as string | undefined,
+    database: o.database as string,
+    user: o.user as string,
+    pass: o.pass as string,
+    ssl: o.ssl as boolean,
+    connect_timeout: o.connect_timeout as number,
+    keep_alive: o.keep_alive as number,
+    target_session_attrs: o.target_session_attrs as undefined,
+    connection: { ...(o.connection as Record<string, string>), application_name: overrides.applicationName },
+    max: overrides.max,
+    ...(overrides.max_lifetime !== undefined ? { max_lifetime: overrides.max_lifetime } : {}),
+    ...(overrides.idle_timeout !== undefined ? { idle_timeout: overrides.idle_timeout } : {}),
+    onnotice: () => {},
+  } as postgres.Options<Record<string, never>>;
 }
 
 function wrap(client: postgres.Sql, owned: boolean): Database {

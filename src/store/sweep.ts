@@ -56,6 +56,7 @@ export async function reapDeadWorkers(
         where w.namespace = ${namespace}
           and not exists (select 1 from pg_locks l
                           where l.locktype = 'advisory' and l.classid = ${LOCK_CLASS}::int::oid
+                            and l.database = (select oid from pg_database where datname = current_database())
                             and l.objid = w.lock_key::oid and l.objsubid = 2 and l.granted)`,
   );
   if (dead.length === 0) return { workers: [], matters: [] };
@@ -99,14 +100,20 @@ export const OUTBOX_VACUUM_DEAD_TUPLES = 50_000;
  * error is the caller's to log.
  */
 export async function vacuumIfBloated(exec: Executor): Promise<string[]> {
-  const stale = await rows<{ relname: string; vacuum: boolean }>(
+  const stale = await rows<{ relname: string; vacuum: boolean; owned: boolean }>(
     exec,
-    sql`select relname, n_dead_tup > greatest(${OUTBOX_VACUUM_DEAD_TUPLES}::int, n_live_tup) as vacuum
-        from pg_stat_user_tables
-        where schemaname = 'dmm' and relname in ('dmm_outbox', 'dmm_matter')
-          and (n_dead_tup > greatest(${OUTBOX_VACUUM_DEAD_TUPLES}::int, n_live_tup)
-               or n_mod_since_analyze > greatest(1000, n_live_tup / 2))`,
+    sql`select s.relname, s.n_dead_tup > greatest(${OUTBOX_VACUUM_DEAD_TUPLES}::int, s.n_live_tup) as vacuum,
+               pg_has_role(current_user, c.relowner, 'MEMBER') as owned
+        from pg_stat_user_tables s join pg_class c on c.oid = s.relid
+        where s.schemaname = 'dmm' and s.relname in ('dmm_outbox', 'dmm_matter')
+          and (s.n_dead_tup > greatest(${OUTBOX_VACUUM_DEAD_TUPLES}::int, s.n_live_tup)
+               or s.n_mod_since_analyze > greatest(1000, s.n_live_tup / 2))`,
   );
+  const foreign = stale.filter((t) => !t.owned).map((t) => t.relname);
+  if (foreign.length > 0) {
+    // Postgres would only warn and skip; say it plainly, once, to the caller.
+    throw new Error(`${foreign.join(" and ")} need${foreign.length === 1 ? "s" : ""} vacuum or analyze, but ${foreign.length === 1 ? "it is" : "they are"} not owned by this role; enable autovacuum or run the maintenance as the migrating role`);
+  }
   const done: string[] = [];
   for (const { relname, vacuum } of stale) {
     const table = relname === "dmm_outbox" ? sql.raw("dmm.dmm_outbox") : sql.raw("dmm.dmm_matter");

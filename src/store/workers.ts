@@ -13,6 +13,7 @@ import { hostname } from "node:os";
 import { randomInt } from "node:crypto";
 import postgres from "postgres";
 import { LOCK_CLASS } from "./migrate.js";
+import { connectionOptions } from "./db.js";
 
 /** A live worker's session: the connection that holds its advisory lock. */
 export interface WorkerSession {
@@ -38,39 +39,18 @@ export class SessionLostError extends Error {
   override name = "SessionLostError";
 }
 
-/** Connection settings of `client`, for a dedicated connection to the same server. */
-function sessionOptions(client: postgres.Sql): postgres.Options<Record<string, never>> {
-  const o = client.options as unknown as Record<string, unknown>;
-  return {
-    host: o.host as string,
-    port: o.port as number,
-    path: o.path as string | undefined,
-    database: o.database as string,
-    user: o.user as string,
-    pass: o.pass as string,
-    ssl: o.ssl as boolean,
-    connect_timeout: o.connect_timeout as number,
-    keep_alive: o.keep_alive as number,
-    connection: { ...(o.connection as Record<string, string>), application_name: "dmm:session" },
-    max: 1,
-    max_lifetime: 0,
-    idle_timeout: 0,
-    onnotice: () => {},
-  } as postgres.Options<Record<string, never>>;
-}
-
 /**
  * Registers a worker: opens its session connection, takes the advisory lock on a fresh key and
  * records the worker in dmm_worker (lock first, row second, so no sweep ever sees the row
  * unlocked).
  */
 export async function registerWorker(client: postgres.Sql, namespace: string, id: string): Promise<WorkerSession> {
-  const conn = postgres(sessionOptions(client));
+  const conn = postgres(connectionOptions(client, { max: 1, max_lifetime: 0, idle_timeout: 0, applicationName: "dmm:session" }));
   let pid = 0;
   try {
     let key = 0;
     for (let i = 0; i < 10 && key === 0; i++) {
-      const candidate = randomInt(1, 2 ** 31 - 1);
+      const candidate = randomInt(2, 2 ** 31 - 1); // key 1 is the migration lock
       const [r] = await conn`select pg_try_advisory_lock(${LOCK_CLASS}, ${candidate}) as ok, pg_backend_pid() as pid`;
       if (r!.ok) {
         key = candidate;

@@ -13,6 +13,7 @@ import type { KindEntry } from "../registry.js";
 import { backoffDelay, resyncDelay } from "./backoff.js";
 import { RunContext, type ContextDeps } from "./context.js";
 import { sleep, untilAborted } from "../async.js";
+import { storableText } from "../codec.js";
 
 /** A claimed matter, with the token that led to it (NATS dispatch) to settle after the finish. */
 export interface Claimed {
@@ -250,7 +251,20 @@ export class Engine {
    */
   run(entry: KindEntry, claimed: Claimed, onSettled: () => void): Promise<void> {
     const lease = this.#lease(claimed);
-    const p = this.#execute(entry, claimed, lease, onSettled).finally(() => this.#runs.delete(p));
+    let settled = false;
+    const settle = () => {
+      if (!settled) {
+        settled = true;
+        onSettled();
+      }
+    };
+    const p = this.#execute(entry, claimed, lease, settle)
+      .catch((err: unknown) => {
+        // Only a bug in dmm gets here; the lease expires and the sweep re-dispatches the matter.
+        settle();
+        this.#deps.log.error("worker:internal-error", { kind: claimed.matter.kind, key: claimed.matter.identity, err: String(coerceError(err).message) });
+      })
+      .finally(() => this.#runs.delete(p));
     this.#runs.add(p);
     return p;
   }
@@ -272,10 +286,16 @@ export class Engine {
     log.debug("materialize:start", { reason: matter.reason, generation: matter.generation });
     try {
       const instance = new (entry.cls as MaterializerClass)() as Materializer & Record<string, unknown>;
-      Object.assign(instance, matter.cache);
+      // defineProperty, not assignment: no class setter runs, and no field replaces the prototype.
+      for (const [key, value] of Object.entries(matter.cache)) {
+        Object.defineProperty(instance, key, { value, writable: true, enumerable: true, configurable: true });
+      }
+      const before = instance.identity();
       await raceAbort(Promise.resolve().then(() => instance.materialize(ctx)), lease.controller.signal);
       const after = instance.identity();
-      if (after !== matter.identity) {
+      // A touched-only matter starts from `{}` (identity field empty); setting it to the real
+      // identity is fine, anything else would file the cache under another key.
+      if (after !== before && after !== matter.identity) {
         throw new TerminalError(
           `materialize() changed the identity of ${matter.kind} ${JSON.stringify(matter.identity)} to ${JSON.stringify(after)}; identity fields must not change. Notify a new instance for a new identity instead.`,
         );
@@ -328,10 +348,10 @@ export class Engine {
       log.debug("materialize:success", { durationMs: round(durationMs) });
     } else if (reported === "fail") {
       this.stats.failed++;
-      log.warn("materialize:error", { durationMs: round(durationMs), retryInMs: item.dueInMs, err: error?.message });
+      log.warn("materialize:error", { durationMs: round(durationMs), retryInMs: item.dueInMs, err: short(error) });
     } else if (reported === "park") {
       this.stats.parked++;
-      log.warn("materialize:parked", { err: error?.message });
+      log.warn("materialize:parked", { err: short(error) });
     } else if (reported === "lost") {
       this.stats.leaseLost++;
       log.warn("materialize:lease-lost", { durationMs: round(durationMs), outcome });
@@ -578,9 +598,25 @@ function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   });
 }
 
+/** The error text stored as `last_error`: the stack where it names the message, made storable. */
 function formatError(err: Error): string {
-  const text = err.stack && err.stack.includes(err.message) ? err.stack : `${err.name}: ${err.message}`;
-  return text.length > 8_000 ? `${text.slice(0, 8_000)}…` : text;
+  try {
+    const message = String(err.message);
+    const stack = err.stack === undefined ? undefined : String(err.stack);
+    return storableText(stack && stack.includes(message) ? stack : `${String(err.name)}: ${message}`);
+  } catch {
+    return "(an error whose message could not be read)";
+  }
+}
+
+/** An error's message for a log line: one line, at most 500 characters. */
+function short(err: Error | undefined): string | undefined {
+  if (!err) return undefined;
+  try {
+    return storableText(String(err.message).replace(/\s+/g, " "), 500);
+  } catch {
+    return "(unreadable)";
+  }
 }
 
 function round(ms: number): number {

@@ -96,7 +96,7 @@ describe("bad input", () => {
       [new Date(0), /Date instance.*toISOString/],
       [Number.NaN, /NaN/],
       [Number.POSITIVE_INFINITY, /Infinity/],
-      [{ nested: [1, undefined] }, /undefined inside an array/],
+      [{ nested: [1, undefined] }, /undefined \(or a hole\) inside an array/],
       [new Map(), /Map instance/],
       [Symbol("s"), /symbol/],
     ];

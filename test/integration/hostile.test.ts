@@ -523,7 +523,7 @@ describe.each(MODES)("a hostile materializer with %s dispatch", (mode) => {
       date: [new Date(0), /Date instance/],
       nan: [Number.NaN, /NaN/],
       fn: [() => 1, /function/],
-      hole: [[1, undefined], /undefined inside an array/],
+      hole: [[1, undefined], /undefined \(or a hole\) inside an array/],
       symbol: [Symbol("s"), /symbol/],
       nul: ["a\u0000b", /NUL/],
       map: [new Map(), /Map instance/],
