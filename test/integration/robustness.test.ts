@@ -147,7 +147,7 @@ describe("robustness", () => {
   it("leaves the app's own postgres.js client working as before when given it", async () => {
     const client = env.sql();
     const bucket = await open(env.namespace(), { database: client, ...QUIET });
-    const [row] = await client`select ${{ a: 1 }}::jsonb as j, ${new Date(0)}::timestamptz as t`;
+    const [row] = await client`select ${client.json({ a: 1 })}::jsonb as j, ${new Date(0) as unknown as string}::timestamptz as t`;
     expect(row).toEqual({ j: { a: 1 }, t: new Date(0) });
     await bucket.close();
     await client.close();
