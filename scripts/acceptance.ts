@@ -17,6 +17,11 @@ const namespace = process.argv[3] ?? `acceptance_${mode}_${process.pid}`;
 const DATABASE_URL = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test";
 const NATS_URL = process.env.NATS_URL ?? "nats://127.0.0.1:4222";
 
+const touchesDone = (() => {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+})();
 const active = new Map<string, number>();
 let overlaps = 0;
 const starts = new Map<string, number[]>();
@@ -40,7 +45,8 @@ class Simple {
   async materialize(ctx: Context) {
     const leave = enter(this.id);
     this.seen = ctx.generation;
-    if (this.id.startsWith("slow")) await new Promise((r) => setTimeout(r, 300));
+    // At least 300 ms, and until the script's touches are all in (a loaded machine may need longer).
+    if (this.id.startsWith("slow")) await Promise.all([new Promise((r) => setTimeout(r, 300)), touchesDone.promise]);
     if (this.id.startsWith("flaky") && ctx.attempt <= 2) {
       leave();
       throw new Error(`flaky attempt ${ctx.attempt}`);
@@ -85,6 +91,7 @@ try {
   await b.notify(Object.assign(new Simple(), { id: "slow-1" }));
   await until("the slow run to start", () => runsOf("slow-1") >= 1);
   for (let i = 0; i < 50; i++) await (i % 2 ? a : b).touch(Simple, "slow-1");
+  touchesDone.resolve();
   await until("the slow matter to converge", async () => {
     const m = await a.matter(Simple, "slow-1");
     return m?.state === "ok" && m.observedGeneration === m.generation;
