@@ -82,7 +82,7 @@ export class FaultInjector {
   #lastHealAt = 0;
 
   constructor(private readonly o: FaultOptions) {
-    this.#admin = postgres(o.pg.url, { max: 1, onnotice: () => {}, connect_timeout: 3, connection: { application_name: "chaos:admin" } });
+    this.#admin = postgres(o.pg.url, { max: 1, onnotice: () => {}, connect_timeout: 3, fetch_types: false, connection: { application_name: "chaos:admin" } });
   }
 
   /** Wall time when the most recent fault was healed. */

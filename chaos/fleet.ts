@@ -123,7 +123,7 @@ export class Fleet {
     slot.starting = true;
     const incarnation = slot.incarnation;
     const log = this.#logs[i]!;
-    log.write(`--- ${new Date().toISOString()} slot ${i} incarnation ${incarnation} pid ${child.pid}\n`);
+    if (!log.writableEnded) log.write(`--- ${new Date().toISOString()} slot ${i} incarnation ${incarnation} pid ${child.pid}\n`);
     let buffer = "";
     const tail: string[] = [];
     const onData = (chunk: Buffer) => {
@@ -132,7 +132,7 @@ export class Fleet {
       while ((nl = buffer.indexOf("\n")) >= 0) {
         const line = buffer.slice(0, nl);
         buffer = buffer.slice(nl + 1);
-        log.write(`${line}\n`);
+        if (!log.writableEnded) log.write(`${line}\n`);
         tail.push(line.length > 400 ? `${line.slice(0, 400)}…` : line);
         if (tail.length > 8) tail.shift();
         const m = /"msg":"([^"]+)"/.exec(line);
@@ -150,7 +150,7 @@ export class Fleet {
     });
     child.on("error", () => {});
     child.on("exit", (code, signal) => {
-      log.write(`--- ${new Date().toISOString()} slot ${i} incarnation ${incarnation} exited code=${code} signal=${signal}\n`);
+      if (!log.writableEnded) log.write(`--- ${new Date().toISOString()} slot ${i} incarnation ${incarnation} exited code=${code} signal=${signal}\n`);
       const at = Date.now();
       // A relay kill the worker performed on itself leaves a note of what it killed.
       if (existsSync(killFile)) {

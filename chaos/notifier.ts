@@ -63,6 +63,9 @@ export class Notifier {
       max: 2 * options.namespaces.length,
       onnotice: () => {},
       connect_timeout: 5,
+      // The driver's array-type fetch on a new connection rejects unhandled when the connection
+      // is terminated meanwhile (porsager/postgres#1192), which would end the run's process.
+      fetch_types: false,
       connection: { application_name: "chaos:notifier" },
     });
     this.#db = drizzle(this.#client);

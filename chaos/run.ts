@@ -24,7 +24,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { migrate } from "dmm";
-import { createRandom, startNatsServer, startPostgresServer, type NatsServer, type PostgresServer } from "./lib/index.js";
+import { createRandom, startNatsServer, startPostgresServer, waitFor, type NatsServer, type PostgresServer } from "./lib/index.js";
 import { Fleet } from "./fleet.js";
 import { FAULT_KINDS, FaultInjector, withTimeout, type FaultKind } from "./faults.js";
 import { Notifier } from "./notifier.js";
@@ -199,10 +199,12 @@ async function main(): Promise<number> {
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   // postgres.js 3.4.9 throws from a timer when a statement is written to a connection whose
-  // backend was just terminated (reproduced by chaos/repro/terminated-transaction.ts). The
-  // notifier's transactions hit it under pg_terminate_backend; the run survives it (the
-  // transaction has rejected already, its notifies count as unknown) and counts it. Anything
-  // else uncaught ends the run, with cleanup.
+  // backend was just terminated (chaos/repro/terminated-transaction.ts). The notifier's
+  // transactions hit it under pg_terminate_backend; the run survives it (the transaction has
+  // rejected already, its notifies count as unknown) and counts it. (The driver's other known
+  // crash, an unhandled rejection of its array-type fetch on a new connection, cannot happen
+  // here: the run's own clients set fetch_types: false.) Anything else uncaught ends the run,
+  // with cleanup.
   process.on("uncaughtException", (err) => {
     if (err instanceof TypeError && /postgres[\\/]src[\\/]connection\.js/.test(err.stack ?? "")) {
       driverErrors++;
@@ -226,7 +228,7 @@ async function main(): Promise<number> {
     [pg, nats] = await Promise.all([startPostgresServer({ settings: { max_connections: 300 } }), startNatsServer()]);
     log(`private Postgres on ${pg.port} (init ${pg.initMs} ms), nats-server on ${nats.port}`);
     await migrate(pg.url);
-    admin = postgres(pg.url, { max: 2, onnotice: () => {}, connect_timeout: 5, connection: { application_name: "chaos:admin" } });
+    admin = postgres(pg.url, { max: 2, onnotice: () => {}, connect_timeout: 5, fetch_types: false, connection: { application_name: "chaos:admin" } });
     await admin.unsafe(CHAOS_SCHEMA_SQL);
 
     notifier = await Notifier.open({
@@ -261,6 +263,22 @@ async function main(): Promise<number> {
     if (!(await fleet.allReady(45_000))) throw new Error("The worker processes did not all report ready within 45 s; see their logs.");
     log(`${plan.workers} workers ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
 
+    // Warm-up: the seed notifies converge before the load and the faults start, so that the
+    // figures measure dmm under faults, not the workers' start-up.
+    const warm = Date.now();
+    try {
+      await waitFor(
+        async () => {
+          const c = await withTimeout(convergence(admin!, nsNames), 5_000);
+          return nsNames.every((ns) => c[ns]!.done === plan.identities);
+        },
+        { description: "the seed notifies to converge", timeoutMs: 60_000, intervalMs: 250 },
+      );
+    } catch (err) {
+      throw new Error(`Warm-up failed: ${(err as Error).message}`);
+    }
+    log(`seed converged in ${((Date.now() - warm) / 1000).toFixed(1)} s; starting the load and the faults`);
+
     injector = new FaultInjector({
       pg,
       nats,
@@ -293,6 +311,8 @@ async function main(): Promise<number> {
     const convergeByNamespace: Record<string, number | null> = Object.fromEntries(nsNames.map((ns) => [ns, null]));
     let workersBackMs: number | null = null;
     let last: Record<string, { done: number; total: number }> = {};
+    /** The last few identities of each namespace to converge, with their state as last seen. */
+    const lastToConverge: Record<string, unknown[]> = {};
     const convergeDeadline = Date.now() + plan.convergeTimeoutMs;
     while (Date.now() < convergeDeadline) {
       // Workers that die now (a fault's late effect) are restarted: healing means all of them run.
@@ -300,6 +320,20 @@ async function main(): Promise<number> {
       if (workersBackMs === null && fleet.slots.every((s) => fleet!.alive(s.index) && !s.starting)) workersBackMs = Date.now() - healedAt;
       try {
         last = await withTimeout(convergence(admin, nsNames), 5_000);
+        for (const ns of nsNames) {
+          if (last[ns]!.done < last[ns]!.total && last[ns]!.total - last[ns]!.done <= 3) {
+            lastToConverge[ns] = (
+              await admin<{ identity: string; state: unknown }[]>`
+                select identity, json_build_object('generation', generation, 'observed', observed_generation, 'lease', lease_owner,
+                  'leaseUntil', lease_until, 'attempts', attempts, 'due', due_at, 'error', left(last_error, 200),
+                  'outbox', (select json_agg(json_build_object('available', o.available_at, 'tries', o.tries)) from dmm.dmm_outbox o
+                             where o.namespace = m.namespace and o.kind = m.kind and o.identity = m.identity),
+                  'at', clock_timestamp()) as state
+                from dmm.dmm_matter m where namespace = ${ns}
+                  and not (observed_generation = generation and lease_owner is null and (cache->'applied') = (cache->'value'))`
+            ).map((r) => ({ identity: r.identity, state: r.state }));
+          }
+        }
         for (const ns of nsNames) {
           if (convergeByNamespace[ns] === null && last[ns]!.done === plan.identities && last[ns]!.total === plan.identities) {
             convergeByNamespace[ns] = Date.now() - healedAt;
@@ -344,6 +378,7 @@ async function main(): Promise<number> {
         });
       }
       await writeFile(path.join(logDir, "slowest-notifies.json"), JSON.stringify(detail, null, 1));
+      await writeFile(path.join(logDir, "last-to-converge.json"), JSON.stringify({ healedAt: new Date(healedAt).toISOString(), lastToConverge }, null, 1));
     }
     const crashes = fleet.unexpectedExits;
 

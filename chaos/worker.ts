@@ -178,6 +178,10 @@ async function main(): Promise<void> {
       const bucket = await openBucket(namespace, nats);
       buckets.set(namespace, bucket);
       if (nats) hookRelay(namespace, bucket);
+      // dmm logs a run whose finish was refused without the error that ended it; keep it.
+      (bucket as unknown as { onRunEnd?: (e: { identity: string; outcome: string; durationMs: number; error?: Error }) => void }).onRunEnd = (e) => {
+        if (e.outcome === "lost") logger.warn("chaos:run-lost", { namespace, key: e.identity, durationMs: Math.round(e.durationMs), err: e.error?.message ?? null });
+      };
       const stream = bucket.register(KIND, makeTally(namespace, config!.slot, config!.profile), {
         backoffMaxMs: config!.timings.backoffMaxMs,
         timeoutMs: 30_000,

