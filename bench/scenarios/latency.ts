@@ -15,13 +15,16 @@ import { endToEnd, newTarget, openProducer, type Env, type Measured, type Scenar
 
 /**
  * Pause between two samples: random, uniform over [GAP_MIN_MS, GAP_MIN_MS + span) where span
- * is at least GAP_SPREAD_MS and at least the largest latency seen so far. A polling system
+ * is at least GAP_SPREAD_MS and at least the largest latency seen so far (capped at
+ * GAP_SPREAD_MAX_MS). A polling system
  * (pg-boss) must be met at random phases of its poll cycle; with short fixed gaps every
  * sample would arrive right after the poll that picked up the previous one and measure the
  * same part of the cycle every time. For push-based systems the gaps stay a few ms.
  */
 const GAP_MIN_MS = 5;
 const GAP_SPREAD_MS = 10;
+/** Upper bound of the span: comfortably above the longest poll interval in play (pg-boss, 500 ms). */
+const GAP_SPREAD_MAX_MS = 600;
 /** Background load runs this long before the first sample. */
 const WARMUP_MS = 1_000;
 
@@ -46,7 +49,7 @@ async function sample(producer: Producer, group: WorkerGroup, count: number): Pr
       const startedAt = await withTimeout(Promise.race([started, group.failure]), 30_000, `the handler start of ${key}`);
       samples.push(startedAt - committedAt);
       maxSeen = Math.max(maxSeen, startedAt - committedAt);
-      await sleep(GAP_MIN_MS + Math.random() * Math.max(GAP_SPREAD_MS, maxSeen));
+      await sleep(GAP_MIN_MS + Math.random() * Math.min(GAP_SPREAD_MAX_MS, Math.max(GAP_SPREAD_MS, maxSeen)));
     }
   } finally {
     off();
