@@ -375,8 +375,8 @@ class BucketImpl implements Bucket, BucketInternals {
     const { namespace, options } = this;
     const outbox = createOutboxSource({
       pollIntervalMs: options.pollIntervalMs,
-      takeAndClaim: async (max) => takeAndClaim(this.db.db, namespace, await engine.owner(), options.leaseMs, [entry.kind], max),
-      nextInMs: () => nextOutboxInMs(this.db.db, namespace, [entry.kind]),
+      takeAndClaim: async (max) => takeAndClaim(this.db.db, namespace, await engine.owner(), options.leaseMs, entry.kind, max),
+      nextInMs: () => nextOutboxInMs(this.db.db, namespace, entry.kind),
     });
     if (this.tokens) {
       const tokens = this.tokens;
@@ -386,7 +386,7 @@ class BucketImpl implements Bucket, BucketInternals {
         expiresMs: Math.max(1_000, options.pollIntervalMs * 5),
         fetch: (max, expiresMs, signal) =>
           tokens.fetch(entry.kind, max, expiresMs, (subject) => options.logger.warn("tokens:garbage", { subject }), signal),
-        claim: async (keys) => claimKeys(this.db.db, namespace, await engine.owner(), options.leaseMs, keys),
+        claim: async (keys) => claimKeys(this.db.db, namespace, await engine.owner(), options.leaseMs, entry.kind, keys.map((k) => k.identity)),
       });
       const switching = createSwitchingSource(fromTokens, outbox, () => this.#fallback);
       this.#switching.add(switching);

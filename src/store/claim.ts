@@ -59,69 +59,79 @@ export const CLAIMABLE = sql.raw(
 );
 
 /**
- * Locks one matter by primary key, skipping it if another transaction holds it. Written as a
- * `LIMIT 1` lateral subquery so the planner always does one index lookup per key, however
- * stale the table's statistics (a hash join over every matter of the namespace is what a fresh,
- * fast-growing table otherwise gets). The UPDATE that follows joins by primary key, not by
- * ctid: a row changed by a transaction that committed after this statement's snapshot is
- * locked in its newest version, which only a key lookup (with its re-check) finds again.
+ * Locks one matter of `kind` by primary key, skipping it if another transaction holds it.
+ * Written as a `LIMIT 1` lateral subquery so the planner always does one index lookup per key:
+ * a join would be planned as a hash join over every matter of the namespace once the batch is
+ * a few hundred keys.
  */
-export function lockMatter(namespace: string, kind: SQL, identity: SQL): SQL {
-  return sql`select m.ctid as row, m.kind, m.identity, m.lease_owner, m.due_at, m.due_reason
+export function lockMatter(namespace: string, kind: string, identity: SQL): SQL {
+  return sql`select m.identity, m.lease_owner, m.due_at, m.due_reason
              from dmm.dmm_matter m
              where m.namespace = ${namespace} and m.kind = ${kind} and m.identity = ${identity}
              limit 1 for update skip locked`;
 }
 
 /**
- * Claims the matters named by tokens, in one statement. Returns one status per key, in order.
+ * Stamps the lease on the locked matters of one kind that are claimable. The keys go in as an
+ * array (`identity = any(...)`), the one shape the planner always turns into primary-key
+ * lookups, and the UPDATE re-finds each row by key (never by ctid): a row changed by a
+ * transaction that committed after this statement's snapshot is locked in its newest version,
+ * which only a key lookup, with its re-check, finds again.
+ */
+function stampLeases(namespace: string, kind: string, owner: string, leaseMs: number): SQL {
+  return sql`update dmm.dmm_matter m set
+               lease_owner = ${owner}, lease_epoch = m.lease_epoch + 1,
+               lease_until = now() + ${leaseMs}::int * interval '1 millisecond', updated_at = now()
+             where m.namespace = ${namespace} and m.kind = ${kind}
+               and m.identity = any(array(select identity from locked)) and ${CLAIMABLE}
+             returning m.identity, m.cache, m.generation, m.attempts, m.lease_epoch`;
+}
+
+/** The reason of a run, from the matter as locked (before the claim). */
+const REASON = sql.raw(`case when l.prev_owner is not null then 'recovery'
+                             when l.due_at is not null then coalesce(l.due_reason, 'retry')
+                             else 'notify' end`);
+
+/**
+ * Claims the matters named by tokens of one kind, in one statement. Returns one status per
+ * key, in order.
  */
 export async function claimKeys(
   exec: Executor,
   namespace: string,
   owner: string,
   leaseMs: number,
-  keys: { kind: string; identity: string }[],
+  kind: string,
+  identities: string[],
 ): Promise<ClaimStatus[]> {
-  if (keys.length === 0) return [];
-  const want = keys.map((k, ord) => ({ ord, kind: k.kind, identity: k.identity }));
+  if (identities.length === 0) return [];
   const result = await rows<ClaimRow>(
     exec,
     sql`with want as (
-          select x.ord, x.kind, x.identity from jsonb_to_recordset(${jsonParam(want)}) as x(ord int, kind text, identity text)
+          select w.ord::int - 1 as ord, w.identity
+          from unnest(${sql.param(identities)}::text[]) with ordinality as w(identity, ord)
         ), locked as (
-          select w.ord, m.row, m.kind, m.identity, m.lease_owner as prev_owner, m.due_at, m.due_reason
-          from want w cross join lateral (${lockMatter(namespace, sql`w.kind`, sql`w.identity`)}) m
+          select w.ord, m.identity, m.lease_owner as prev_owner, m.due_at, m.due_reason
+          from want w cross join lateral (${lockMatter(namespace, kind, sql`w.identity`)}) m
         ), claimed as (
-          update dmm.dmm_matter m set
-            lease_owner = ${owner}, lease_epoch = m.lease_epoch + 1,
-            lease_until = now() + ${leaseMs}::int * interval '1 millisecond', updated_at = now()
-          from locked l
-          where m.namespace = ${namespace} and m.kind = l.kind and m.identity = l.identity and ${CLAIMABLE}
-          returning l.ord, m.cache, m.generation, m.attempts, m.lease_epoch,
-            case when l.prev_owner is not null then 'recovery'
-                 when l.due_at is not null then coalesce(l.due_reason, 'retry')
-                 else 'notify' end as reason
+          ${stampLeases(namespace, kind, owner, leaseMs)}
         )
         select w.ord,
-          case when c.ord is not null then 'claimed'
+          case when c.identity is not null then 'claimed'
                when l.ord is not null then
-                 case when mm.due_at is not null and mm.due_at > now() and mm.due_at < now() + ${EARLY_HORIZON_MS}::int * interval '1 millisecond'
-                           and mm.lease_owner is null then 'early' else 'idle' end
-               when mm.identity is not null then 'busy'
+                 case when l.due_at is not null and l.due_at > now() and l.due_at < now() + ${EARLY_HORIZON_MS}::int * interval '1 millisecond'
+                           and l.prev_owner is null then 'early' else 'idle' end
+               when exists (select 1 from dmm.dmm_matter mm
+                            where mm.namespace = ${namespace} and mm.kind = ${kind} and mm.identity = w.identity) then 'busy'
                else 'missing' end as status,
-          c.cache, c.generation::text, c.attempts, c.lease_epoch::text as epoch, c.reason,
-          greatest(0, extract(epoch from (mm.due_at - now())) * 1000)::float8 as due_in_ms
+          c.cache, c.generation::text, c.attempts, c.lease_epoch::text as epoch, ${REASON} as reason,
+          greatest(0, extract(epoch from (l.due_at - now())) * 1000)::float8 as due_in_ms
         from want w
-        left join claimed c on c.ord = w.ord
         left join locked l on l.ord = w.ord
-        left join lateral (
-          select mm.identity, mm.due_at, mm.lease_owner from dmm.dmm_matter mm
-          where mm.namespace = ${namespace} and mm.kind = w.kind and mm.identity = w.identity limit 1
-        ) mm on true
+        left join claimed c on c.identity = w.identity
         order by w.ord`,
   );
-  return result.map((r, i) => toStatus(r, keys[i]!, owner));
+  return result.map((r, i) => toStatus(r, { kind, identity: identities[i]! }, owner));
 }
 
 function toStatus(r: ClaimRow, key: { kind: string; identity: string }, owner: string): ClaimStatus {
@@ -148,7 +158,6 @@ function toStatus(r: ClaimRow, key: { kind: string; identity: string }, owner: s
 }
 
 interface TakeRow {
-  kind: string;
   identity: string;
   cache: Record<string, unknown>;
   generation: string;
@@ -158,7 +167,7 @@ interface TakeRow {
 }
 
 /**
- * Postgres-only dispatch: takes up to `limit` available outbox rows of `kinds` and claims their
+ * Postgres-only dispatch: takes up to `limit` available outbox rows of `kind` and claims their
  * matters in the same statement. Rows whose matter is locked by another transaction stay on the
  * outbox (retried shortly); rows whose matter is not due yet wait until it is; the rest are
  * deleted, claimed or not (a live lease's finish re-enqueues if its matter changed).
@@ -169,26 +178,25 @@ export async function takeAndClaim(
   namespace: string,
   owner: string,
   leaseMs: number,
-  kinds: string[],
+  kind: string,
   limit: number,
 ): Promise<{ claimed: ClaimedMatter[]; taken: number }> {
   const result = await rows<TakeRow & { taken: number }>(
     exec,
     sql`with taken as (
-          select o.id, o.kind, o.identity from dmm.dmm_outbox o
-          where o.namespace = ${namespace} and o.available_at <= now()
-            and o.kind in (select jsonb_array_elements_text(${jsonParam(kinds)}))
+          select o.id, o.identity from dmm.dmm_outbox o
+          where o.namespace = ${namespace} and o.kind = ${kind} and o.available_at <= now()
           order by o.available_at, o.id
           limit ${limit}::int
           for update skip locked
         ), locked as (
-          select t.id, m.row, m.kind, m.identity, m.lease_owner as prev_owner, m.due_at, m.due_reason
-          from taken t cross join lateral (${lockMatter(namespace, sql`t.kind`, sql`t.identity`)}) m
+          select t.id, m.identity, m.lease_owner as prev_owner, m.due_at, m.due_reason
+          from taken t cross join lateral (${lockMatter(namespace, kind, sql`t.identity`)}) m
         ), busy as (
           select t.id from taken t
           where not exists (select 1 from locked l where l.id = t.id)
             and exists (select 1 from dmm.dmm_matter m
-                        where m.namespace = ${namespace} and m.kind = t.kind and m.identity = t.identity limit 1)
+                        where m.namespace = ${namespace} and m.kind = ${kind} and m.identity = t.identity)
         ), early as (
           select l.id, l.due_at from locked l
           where l.prev_owner is null and l.due_at > now()
@@ -197,31 +205,25 @@ export async function takeAndClaim(
           update dmm.dmm_outbox o set
             available_at = coalesce((select e.due_at from early e where e.id = o.id), now() + interval '20 milliseconds'),
             tries = o.tries + 1
-          where o.id in (select id from busy union all select id from early)
+          where o.id = any(array(select id from busy union all select id from early))
         ), gone as (
-          delete from dmm.dmm_outbox o using taken t
-          where o.id = t.id and t.id not in (select id from busy union all select id from early)
+          delete from dmm.dmm_outbox o
+          where o.id = any(array(select id from taken except select id from busy except select id from early))
         ), claimed as (
-          update dmm.dmm_matter m set
-            lease_owner = ${owner}, lease_epoch = m.lease_epoch + 1,
-            lease_until = now() + ${leaseMs}::int * interval '1 millisecond', updated_at = now()
-          from locked l
-          where m.namespace = ${namespace} and m.kind = l.kind and m.identity = l.identity and ${CLAIMABLE}
-          returning m.kind, m.identity, m.cache, m.generation::text, m.attempts, m.lease_epoch::text,
-            case when l.prev_owner is not null then 'recovery'
-                 when l.due_at is not null then coalesce(l.due_reason, 'retry')
-                 else 'notify' end as reason
+          ${stampLeases(namespace, kind, owner, leaseMs)}
         )
-        select c.*, (select count(*)::int from taken) as taken from claimed c
+        select c.identity, c.cache, c.generation::text, c.attempts, c.lease_epoch::text, ${REASON} as reason,
+               (select count(*)::int from taken) as taken
+        from claimed c join locked l on l.identity = c.identity
         union all
-        select null, null, null, null, null, null, null, (select count(*)::int from taken)
+        select null, null, null, null, null, null, (select count(*)::int from taken)
         where not exists (select 1 from claimed)`,
   );
   const taken = result[0]?.taken ?? 0;
   const claimed = result
-    .filter((r) => r.kind !== null)
+    .filter((r) => r.identity !== null)
     .map((r) => ({
-      kind: r.kind,
+      kind,
       identity: r.identity,
       cache: r.cache ?? {},
       generation: Number(r.generation),
@@ -233,13 +235,12 @@ export async function takeAndClaim(
   return { claimed, taken };
 }
 
-/** The earliest time an outbox row of `kinds` becomes available, in ms from now; null if none. */
-export async function nextOutboxInMs(exec: Executor, namespace: string, kinds: string[]): Promise<number | null> {
+/** The earliest time an outbox row of `kind` becomes available, in ms from now; null if none. */
+export async function nextOutboxInMs(exec: Executor, namespace: string, kind: string): Promise<number | null> {
   const r = await rows<{ ms: number | null }>(
     exec,
     sql`select greatest(0, extract(epoch from (min(available_at) - now())) * 1000)::float8 as ms
-        from dmm.dmm_outbox where namespace = ${namespace}
-          and kind in (select jsonb_array_elements_text(${jsonParam(kinds)}))`,
+        from dmm.dmm_outbox where namespace = ${namespace} and kind = ${kind}`,
   );
   return r[0]?.ms ?? null;
 }

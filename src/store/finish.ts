@@ -55,9 +55,20 @@ export async function finishRuns(
 ): Promise<FinishResult[]> {
   if (items.length === 0) return [];
   const hasChildren = items.some((i) => i.outcome === "ok" && ((i.notifies?.length ?? 0) > 0 || (i.touches?.length ?? 0) > 0));
-  if (!hasChildren || !exec.transaction) return finishStatement(exec, namespace, items);
+  const kinds = new Set(items.map((i) => i.kind));
+  if (kinds.size === 1 && (!hasChildren || !exec.transaction)) return finishStatement(exec, namespace, items);
+  const all = async (ex: Executor): Promise<FinishResult[]> => {
+    const results: FinishResult[] = new Array(items.length);
+    for (const kind of [...kinds].sort()) {
+      const idx = items.flatMap((item, i) => (item.kind === kind ? [i] : []));
+      const part = await finishStatement(ex, namespace, idx.map((i) => items[i]!));
+      idx.forEach((i, j) => (results[i] = part[j]!));
+    }
+    return results;
+  };
+  if (!hasChildren || !exec.transaction) return all(exec);
   return exec.transaction(async (tx) => {
-    const results = await finishStatement(tx, namespace, items);
+    const results = await all(tx);
     const notifies: NotifyItem[] = [];
     const touches: TouchItem[] = [];
     items.forEach((item, i) => {
@@ -71,11 +82,12 @@ export async function finishRuns(
   });
 }
 
+/** Finishes runs of one kind in one statement. */
 async function finishStatement(exec: Executor, namespace: string, items: FinishItem[]): Promise<FinishResult[]> {
+  const kind = items[0]!.kind;
   const list = items.map((i, ord) => ({
     ord,
     owner: i.owner,
-    kind: i.kind,
     identity: i.identity,
     epoch: i.epoch,
     gen: i.generation,
@@ -90,13 +102,14 @@ async function finishStatement(exec: Executor, namespace: string, items: FinishI
     exec,
     sql`with x as (
           select * from jsonb_to_recordset(${jsonParam(list)}) as x(
-            ord int, owner text, kind text, identity text, epoch bigint, gen bigint, outcome text,
+            ord int, owner text, identity text, epoch bigint, gen bigint, outcome text,
             base jsonb, cache jsonb, error text, due_ms float8, due_reason text)
         ), locked as (
-          select x.ord, m.row from (select * from x order by x.kind, x.identity) x
+          -- Lock in key order (see the lock order note in notify.ts), one key lookup each.
+          select m.identity from (select identity from x order by identity) x
           cross join lateral (
-            select m.ctid as row from dmm.dmm_matter m
-            where m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
+            select m.identity from dmm.dmm_matter m
+            where m.namespace = ${namespace} and m.kind = ${kind} and m.identity = x.identity
             limit 1 for update
           ) m
         ), done as (
@@ -114,14 +127,15 @@ async function finishStatement(exec: Executor, namespace: string, items: FinishI
             due_reason = case when x.outcome = 'release' then m.due_reason
                               when x.outcome <> 'fail' and m.generation > x.gen then null else x.due_reason end,
             lease_owner = null, lease_until = null, updated_at = now()
-          from x join locked l on l.ord = x.ord
-          where m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
+          from x
+          where m.namespace = ${namespace} and m.kind = ${kind}
+            and m.identity = any(array(select identity from locked)) and m.identity = x.identity
             and m.lease_owner = x.owner and m.lease_epoch = x.epoch and m.lease_until > now()
-          returning x.ord, x.kind, x.identity,
+          returning x.ord, x.identity,
             (x.outcome = 'release' or (m.generation > x.gen and (x.outcome <> 'fail' or x.due_ms is null))) as dirty
         ), requeue as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
-          select ${namespace}::text, d.kind, d.identity from done d where d.dirty order by d.kind, d.identity
+          select ${namespace}::text, ${kind}::text, d.identity from done d where d.dirty order by d.identity
           on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
           returning kind
         ), wake as (

@@ -68,31 +68,40 @@ export async function registerWorker(client: postgres.Sql, namespace: string, id
   return {
     id,
     async heartbeat(keys, leaseMs) {
-      // conn.json: postgres.js would JSON-encode a string param again (a jsonb string scalar).
-      const list = conn.json(keys.map((k, ord) => ({ ord, kind: k.kind, identity: k.identity, epoch: k.epoch })));
-      const [r] = await conn<{ pid: number; kept: number[] }[]>`
-        with x as (
-          select * from jsonb_to_recordset(${list}) as x(ord int, kind text, identity text, epoch bigint)
-        ), locked as (
-          select x.ord, m.row from (select * from x order by x.kind, x.identity) x
-          cross join lateral (
-            select m.ctid as row from dmm.dmm_matter m
-            where m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
-            limit 1 for update
-          ) m
-        ), kept as (
-          update dmm.dmm_matter m set lease_until = now() + ${leaseMs}::int * interval '1 millisecond'
-          from x join locked l on l.ord = x.ord
-          where m.namespace = ${namespace} and m.kind = x.kind and m.identity = x.identity
-            and m.lease_owner = ${id} and m.lease_epoch = x.epoch and m.lease_until > now()
-          returning x.ord
-        )
-        select pg_backend_pid() as pid, coalesce((select json_agg(ord) from kept), '[]'::json) as kept`;
-      if (r!.pid !== pid) {
-        throw new SessionLostError(`the session connection of worker ${id} was replaced (backend ${pid} → ${r!.pid}); its advisory lock is gone`);
+      const lost: LeaseKey[] = [];
+      let backend = pid;
+      // One statement per kind: keys go in as an array, so each is a primary-key lookup.
+      const kinds = [...new Set(keys.map((k) => k.kind))].sort();
+      for (const kind of kinds.length > 0 ? kinds : [""]) {
+        const mine = keys.filter((k) => k.kind === kind);
+        const [r] = await conn<{ pid: number; kept: string[] }[]>`
+          with x as (
+            select * from unnest(${mine.map((k) => k.identity)}::text[], ${mine.map((k) => String(k.epoch))}::bigint[]) as x(identity, epoch)
+          ), locked as (
+            select m.identity from (select identity from x order by identity) x
+            cross join lateral (
+              select m.identity from dmm.dmm_matter m
+              where m.namespace = ${namespace} and m.kind = ${kind} and m.identity = x.identity
+              limit 1 for update
+            ) m
+          ), kept as (
+            update dmm.dmm_matter m set lease_until = now() + ${leaseMs}::int * interval '1 millisecond'
+            from x
+            where m.namespace = ${namespace} and m.kind = ${kind}
+              and m.identity = any(array(select identity from locked)) and m.identity = x.identity
+              and m.lease_owner = ${id} and m.lease_epoch = x.epoch and m.lease_until > now()
+            returning m.identity
+          )
+          select pg_backend_pid() as pid, coalesce((select array_agg(identity) from kept), '{}') as kept`;
+        backend = r!.pid;
+        if (backend !== pid) break;
+        const alive = new Set(r!.kept);
+        for (const k of mine) if (!alive.has(k.identity)) lost.push(k);
       }
-      const alive = new Set(r!.kept);
-      return keys.filter((_, i) => !alive.has(i));
+      if (backend !== pid) {
+        throw new SessionLostError(`the session connection of worker ${id} was replaced (backend ${pid} → ${backend}); its advisory lock is gone`);
+      }
+      return lost;
     },
     async close() {
       if (closed) return;
