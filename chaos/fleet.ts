@@ -228,6 +228,11 @@ export class Fleet {
     return false;
   }
 
+  /** Worker processes alive and past `ready` right now. */
+  readyCount(): number {
+    return this.slots.filter((s) => this.alive(s.index) && !s.starting).length;
+  }
+
   /** Sum of every incarnation's last reported counters, per namespace. */
   totals(): Record<string, Omit<BucketCounters, "natsFallback">> {
     const out: Record<string, Omit<BucketCounters, "natsFallback">> = {};

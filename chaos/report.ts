@@ -25,6 +25,8 @@ export interface ChaosReport {
     workerPostgresParams: string;
     faultPeriodS: number;
   };
+  /** Share of the fault period during which 0, 1, 2, … worker processes were ready. */
+  readyWorkersShare: Record<string, number>;
   notifies: {
     /** The commit returned. */
     committed: number;
@@ -112,6 +114,7 @@ export function printReport(r: ChaosReport): void {
       ["time to converge after the last fault", r.convergeAfterLastFaultMs === null ? "DID NOT CONVERGE" : `${(r.convergeAfterLastFaultMs / 1000).toFixed(2)} s`],
       ["  per namespace", Object.entries(r.convergeByNamespaceMs).map(([k, v]) => `${k} ${v === null ? "-" : `${(v / 1000).toFixed(2)} s`}`).join(", ")],
       ["  all workers ready again after", r.workersReadyAfterHealMs === null ? "-" : `${(r.workersReadyAfterHealMs / 1000).toFixed(2)} s`],
+      ["workers ready during the faults", Object.entries(r.readyWorkersShare).map(([n, share]) => `${n}: ${(share * 100).toFixed(0)} %`).join(", ")],
       ["notify → run seen (p50 / p99 / max)", r.notifyToRunMs ? `${r.notifyToRunMs.p50} / ${r.notifyToRunMs.p99} / ${r.notifyToRunMs.max} ms` : "-"],
     ]),
   );
