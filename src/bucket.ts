@@ -48,9 +48,10 @@ export interface WorkOptions {
   /**
    * Matters claimed ahead of free run slots and held in a local buffer, so that under load one
    * claim statement serves a batch. Buffered matters hold leases; they are released unrun on
-   * stop. 0 claims only for free slots. Defaults to 4 × concurrency (at most 1000).
+   * stop. 0 claims only for free slots. Defaults to `"auto"`: up to 256 (or 4 × concurrency, at most 1000) ahead while runs take
+   * under 10 ms, 4 × concurrency under 100 ms, and `concurrency` for slower runs.
    */
-  prefetch?: number;
+  prefetch?: number | "auto";
   /** Stops this stream (in-flight runs finish first) when aborted. */
   signal?: AbortSignal;
 }
@@ -351,8 +352,8 @@ class BucketImpl implements Bucket, BucketInternals {
     if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 10_000) {
       throw new ConfigError(`work({ concurrency }) needs a whole number from 1 to 10000; got ${String(workOptions.concurrency)}.`);
     }
-    const prefetch = workOptions.prefetch ?? Math.min(1_000, 4 * concurrency);
-    if (!Number.isInteger(prefetch) || prefetch < 0 || prefetch > 100_000) {
+    const prefetch = workOptions.prefetch ?? "auto";
+    if (prefetch !== "auto" && (!Number.isInteger(prefetch) || prefetch < 0 || prefetch > 100_000)) {
       throw new ConfigError(`work({ prefetch }) needs a whole number from 0 to 100000; got ${String(workOptions.prefetch)}.`);
     }
     const engine = await this.#startEngine();

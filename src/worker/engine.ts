@@ -507,12 +507,18 @@ export async function runKind(
   engine: Engine,
   entry: KindEntry,
   source: Source,
-  limits: { concurrency: number; prefetch: number },
+  limits: { concurrency: number; prefetch: number | "auto" },
   signal: AbortSignal,
   log: Logger,
 ): Promise<void> {
   const { concurrency } = limits;
-  const capacity = concurrency + limits.prefetch;
+  // Auto prefetch follows the runs' duration: fast runs (the batch is what costs) get a deep
+  // buffer, slow runs a shallow one (a deep buffer would only hold leases other workers could
+  // use). An average over the last few dozen runs, starting at the shallow end.
+  let avgRunMs = 100;
+  const prefetch = () =>
+    limits.prefetch !== "auto" ? limits.prefetch : avgRunMs < 10 ? Math.min(1_000, Math.max(256, 4 * concurrency)) : avgRunMs < 100 ? 4 * concurrency : concurrency;
+  const capacityNow = () => concurrency + prefetch();
   const buffer: Claimed[] = [];
   let running = 0;
   let kick: (() => void) | null = null;
@@ -525,7 +531,9 @@ export async function runKind(
   const startRuns = () => {
     while (running < concurrency && buffer.length > 0 && !signal.aborted) {
       running++;
+      const started = performance.now();
       void engine.run(entry, buffer.shift()!, () => {
+        avgRunMs += (performance.now() - started - avgRunMs) / 32;
         running--;
         startRuns();
         wakeUp();
@@ -535,6 +543,7 @@ export async function runKind(
   let failures = 0;
   try {
     while (!signal.aborted) {
+      const capacity = capacityNow();
       const room = capacity - running - buffer.length;
       // Refill once a quarter of the capacity is free (or at once when nothing is queued).
       if (room < Math.max(1, Math.floor(capacity / 4)) && buffer.length > 0) {
