@@ -393,6 +393,25 @@ async function main(): Promise<number> {
         });
       }
       await writeFile(path.join(logDir, "slowest-notifies.json"), JSON.stringify(detail, null, 1));
+      // The whole record of every identity a violation names, to find out what happened.
+      const named = new Map<string, { namespace: string; identity: string }>();
+      for (const c of checks) {
+        for (const sample of c.samples as { namespace?: unknown; identity?: unknown }[]) {
+          if (typeof sample?.namespace === "string" && typeof sample.identity === "string") named.set(`${sample.namespace}/${sample.identity}`, { namespace: sample.namespace, identity: sample.identity });
+        }
+      }
+      const records = [];
+      for (const { namespace, identity } of [...named.values()].slice(0, 20)) {
+        records.push({
+          namespace,
+          identity,
+          matter: await admin`select * from dmm.dmm_matter where namespace = ${namespace} and identity = ${identity}`,
+          ledger: await admin`select * from chaos.ledger where namespace = ${namespace} and identity = ${identity} order by started_at`,
+          notifies: await admin`select * from chaos.notify_log where namespace = ${namespace} and identity = ${identity} order by generation`,
+          saves: await admin`select * from chaos.cache_writes where namespace = ${namespace} and identity = ${identity} order by id`,
+        });
+      }
+      if (records.length > 0) await writeFile(path.join(logDir, "violations.json"), JSON.stringify({ checks: checks.filter((c) => c.violations > 0), records }, null, 1));
       await writeFile(path.join(logDir, "last-to-converge.json"), JSON.stringify({ healedAt: new Date(healedAt).toISOString(), lastToConverge }, null, 1));
     }
     const crashes = fleet.unexpectedExits;

