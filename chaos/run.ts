@@ -9,14 +9,16 @@
  * (chaos/faults.ts). Then it heals everything, stops notifying, waits (bounded) until every
  * identity converged, stops the workers and checks the record (chaos/checks.ts).
  *
- * Options: `--quick`, `--seed N`, `--faults-s N` (fault period), `--identities N`,
- * `--workers N`, `--json PATH` (the full run writes bench/results/chaos-<timestamp>.json),
- * `--keep-logs`, `--pg-params Q` (postgres.js URL parameters for the workers, e.g.
- * `fetch_types=false`, to test a driver mitigation), `--strict` (a worker process that crashes on its own fails the run too). Exit
- * code 0: zero violations; 1: violations; 2: the run itself failed (a
- * server would not start, the watchdog fired, a check did not catch its planted violation);
- * 130: interrupted. Worker logs are removed at the
- * end unless the run had violations or `--keep-logs` was given (the path is printed then).
+ * Options (`--help` prints them): `--quick`, `--seed N`, `--faults-s N` (fault period),
+ * `--identities N`, `--workers N`, `--json PATH` (the full run writes
+ * bench/results/chaos-<timestamp>.json), `--keep-logs`, `--pg-params Q` (postgres.js URL
+ * parameters for the workers, e.g. `fetch_types=false`, to try a driver mitigation),
+ * `--strict` (a worker process that crashes on its own fails the run too).
+ *
+ * Exit code 0: zero violations; 1: violations (or crashes, with `--strict`); 2: the run itself
+ * failed (a server would not start, the watchdog fired, a check did not catch its planted
+ * violation); 130: interrupted. Worker logs are removed at the end unless the run had
+ * violations or `--keep-logs` was given (the kept directory is printed).
  */
 import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir, cpus, totalmem } from "node:os";
@@ -78,6 +80,21 @@ const INFRA_BAG: Partial<Record<FaultKind, number>> = {
   "token-purge": 1,
 };
 
+const HELP = `npm run chaos [-- options]: dmm under faults on a private Postgres and nats-server.
+
+  --quick            CI size: 100 identities, 3 workers, 90 s of faults, under 3 minutes
+  --seed N           replay the fault and load choices of an earlier run
+  --faults-s N       length of the fault period in seconds
+  --identities N     identities per namespace
+  --workers N        worker processes (at least 2)
+  --json PATH        write the figures there (the full run defaults to bench/results/chaos-<time>.json)
+  --keep-logs        keep the worker logs (always kept when there are violations)
+  --pg-params Q      postgres.js URL parameters for the workers, e.g. fetch_types=false
+  --strict           worker processes that crash on their own fail the run too
+
+Exit code 0: no violations; 1: violations; 2: the run failed; 130: interrupted.
+`;
+
 function parseArgs(argv: string[]): { plan: Plan; seed: number; json: string | null; keepLogs: boolean; strict: boolean; pgParams: string } {
   const flag = (name: string) => argv.includes(`--${name}`);
   const value = (name: string): string | undefined => {
@@ -91,6 +108,16 @@ function parseArgs(argv: string[]): { plan: Plan; seed: number; json: string | n
     if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} needs a non-negative number; got ${JSON.stringify(v)}.`);
     return n;
   };
+  if (flag("help") || argv.includes("-h")) {
+    process.stdout.write(HELP);
+    process.exit(0);
+  }
+  const known = new Set(["--quick", "--seed", "--faults-s", "--identities", "--workers", "--json", "--keep-logs", "--pg-params", "--strict"]);
+  const unknown = argv.filter((a, i) => a.startsWith("-") && !known.has(a) && !["--seed", "--faults-s", "--identities", "--workers", "--json", "--pg-params"].includes(argv[i - 1] ?? ""));
+  if (unknown.length > 0) {
+    process.stderr.write(`Unknown option ${unknown.join(" ")}.\n\n${HELP}`);
+    process.exit(2);
+  }
   const quick = flag("quick");
   const plan: Plan = quick
     ? {
