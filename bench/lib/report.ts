@@ -201,8 +201,9 @@ function detailLines(report: BenchReport): string[] {
   const coalesced = ok("coalescing", "default");
   if (coalesced.length) {
     lines.push(
-      "- coalescing, enqueue window / time to idle after it (ms), keys without a run after their last enqueue, same-key overlaps: " +
-        join(coalesced.map((r) => `${r.system} ${detailNumber(r, "enqueue_ms") ?? "?"} / ${detailNumber(r, "settle_ms") ?? "?"}, missed ${detailNumber(r, "missed") ?? "?"}, overlaps ${detailNumber(r, "overlaps") ?? "?"}`)) + ".",
+      "- coalescing, enqueue window / time to idle after it (ms), keys whose last run started before their last " +
+        "enqueue was sent (missed) or while it was committing (unverified), same-key overlaps: " +
+        join(coalesced.map((r) => `${r.system} ${detailNumber(r, "enqueue_ms") ?? "?"} / ${detailNumber(r, "settle_ms") ?? "?"}, missed ${detailNumber(r, "missed") ?? "?"}, unverified ${detailNumber(r, "unverified") ?? "?"}, overlaps ${detailNumber(r, "overlaps") ?? "?"}`)) + ".",
     );
   }
   const costs = ok("cost", "default");
@@ -233,7 +234,7 @@ const METHOD = [
   "  the system's own `e2e_per_s` (1 process, same run) is being enqueued and processed.",
   "- **coalescing**: each key enqueued many times (one transaction per round of all keys, rounds",
   "  paced) while runs take 20 ms; `runs` = handler executions until nothing is outstanding. Every",
-  "  key is checked to have had a run starting after its last enqueue committed.",
+  "  key is checked to have had a run starting after its last enqueue (see the details line).",
   "- **scale**: drain throughput (`per_s`, one process) with many versus few idle rows already in",
   "  the system's tables (what an idle row is per system is under Configurations), after",
   "  `VACUUM ANALYZE`; `ratio` = large ÷ small.",
