@@ -175,7 +175,10 @@ const log = (line: string) => process.stderr.write(`[chaos ${new Date().toISOStr
 
 async function main(): Promise<number> {
   const { plan, seed, json, keepLogs, strict, pgParams } = parseArgs(process.argv.slice(2));
-  const random = createRandom(seed);
+  // One generator per consumer, so that the fault sequence replays from the seed whatever the
+  // load does (the order of the faults, not their timing, which depends on the machine).
+  const faultRandom = createRandom(seed);
+  const loadRandom = createRandom((seed ^ 0x5bd1e995) >>> 0);
   const started = Date.now();
   const nsNames = plan.namespaces.map((n) => n.name);
   log(`${plan.mode} run, seed ${seed}: ${plan.identities} identities × ${plan.namespaces.map((n) => `${n.name} (${n.dispatch})`).join(", ")}; ${plan.workers} worker processes; ${plan.faultMs / 1000} s of faults`);
@@ -265,7 +268,7 @@ async function main(): Promise<number> {
       intervalMs: plan.notifyIntervalMs,
       batchMax: plan.notifyBatchMax,
       timeoutMs: 10_000,
-      random,
+      random: loadRandom,
     });
     await notifier.seed();
 
@@ -310,7 +313,7 @@ async function main(): Promise<number> {
       pg,
       nats,
       fleet,
-      random,
+      random: faultRandom,
       natsSlots,
       processBag: PROCESS_BAG,
       infraBag: INFRA_BAG,
