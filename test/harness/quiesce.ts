@@ -10,7 +10,7 @@ import { NATS_URL } from "./env.js";
 import { waitFor } from "./wait.js";
 
 /** Waits until nothing in `bucket`'s namespace is queued, leased or dirty-and-due. */
-export async function quiesce(bucket: Bucket, sql: postgres.Sql, timeoutMs = 15_000): Promise<void> {
+export async function quiesce(bucket: Bucket, sql: postgres.Sql, timeoutMs = 30_000): Promise<void> {
   const nc = bucket.dispatch === "nats" ? await connect({ servers: NATS_URL }) : null;
   const jsm = nc ? await jetstreamManager(nc) : null;
   try {
