@@ -113,7 +113,10 @@ export function printReport(r: ChaosReport): void {
       ["relay kills that left their outbox row", `${r.relayKillRows.leftBehind} of ${r.relayKillRows.total} (${r.relayKillRows.stillThereAtEnd} still there at the end)`],
       ["time to converge after the last fault", r.convergeAfterLastFaultMs === null ? "DID NOT CONVERGE" : `${(r.convergeAfterLastFaultMs / 1000).toFixed(2)} s`],
       ["  per namespace", Object.entries(r.convergeByNamespaceMs).map(([k, v]) => `${k} ${v === null ? "-" : `${(v / 1000).toFixed(2)} s`}`).join(", ")],
-      ["  all workers ready again after", r.workersReadyAfterHealMs === null ? "-" : `${(r.workersReadyAfterHealMs / 1000).toFixed(2)} s`],
+      [
+        "  all workers ready again after",
+        r.workersReadyAfterHealMs !== null ? `${(r.workersReadyAfterHealMs / 1000).toFixed(2)} s` : r.convergeAfterLastFaultMs !== null ? "(converged before every worker was back)" : "-",
+      ],
       ["workers ready during the faults", Object.entries(r.readyWorkersShare).map(([n, share]) => `${n}: ${(share * 100).toFixed(0)} %`).join(", ")],
       ["notify → run seen (p50 / p99 / max)", r.notifyToRunMs ? `${r.notifyToRunMs.p50} / ${r.notifyToRunMs.p99} / ${r.notifyToRunMs.max} ms` : "-"],
     ]),
