@@ -40,6 +40,7 @@ import { Engine, runKind, type EngineStats, type RunEndEvent } from "./worker/en
 import { createOutboxSource, createSwitchingSource, createTokenSource, type WakeableSource } from "./worker/sources.js";
 import type { ContextDeps } from "./worker/context.js";
 import { startRelay, type Relay } from "./relay/relay.js";
+import { sleep, untilAborted } from "./async.js";
 
 /** Options of `stream.work()`. */
 export interface WorkOptions {
@@ -356,9 +357,12 @@ class BucketImpl implements Bucket, BucketInternals {
     if (prefetch !== "auto" && (!Number.isInteger(prefetch) || prefetch < 0 || prefetch > 100_000)) {
       throw new ConfigError(`work({ prefetch }) needs a whole number from 0 to 100000; got ${String(workOptions.prefetch)}.`);
     }
-    const engine = await this.#startEngine();
-    if (this.tokens) await this.tokens.ensureConsumer(entry.kind);
     const signal = workOptions.signal ? AbortSignal.any([workOptions.signal, this.#stop.signal]) : this.#stop.signal;
+    // Postgres or NATS may be down right now: keep trying (with backoff) rather than fail the
+    // stream for good; the bucket's fallback covers NATS, and work starts when Postgres answers.
+    const engine = await this.#retry("worker:start", () => this.#startEngine(), signal);
+    if (!engine) return;
+    if (this.tokens) this.#ensureConsumer(entry.kind, signal);
     const source = this.#source(entry, engine);
     let set = this.#sources.get(entry.kind);
     if (!set) this.#sources.set(entry.kind, (set = new Set()));
@@ -421,6 +425,27 @@ class BucketImpl implements Bucket, BucketInternals {
     return result;
   }
 
+  /** Runs `fn` until it succeeds or `signal` aborts (then resolves undefined), logging failures. */
+  async #retry<T>(what: string, fn: () => Promise<T>, signal: AbortSignal): Promise<T | undefined> {
+    for (let failures = 0; !signal.aborted; failures++) {
+      try {
+        return await fn();
+      } catch (err) {
+        const delay = Math.min(5_000, 100 * 2 ** Math.min(failures, 6));
+        if (failures === 0 || failures % 10 === 0) {
+          this.options.logger.warn(`${what}:error`, { namespace: this.namespace, retryInMs: delay, err: (err as Error)?.message ?? String(err) });
+        }
+        await untilAborted(sleep(delay), signal);
+      }
+    }
+    return undefined;
+  }
+
+  /** Makes sure the kind's consumer exists, retrying in the background while NATS is away. */
+  #ensureConsumer(kind: string, signal: AbortSignal): void {
+    void this.#retry("tokens:consumer", () => this.tokens!.ensureConsumer(kind), signal);
+  }
+
   #startEngine(): Promise<Engine> {
     if (this.#engine) return Promise.resolve(this.#engine);
     this.#engineStarting ??= (async () => {
@@ -463,8 +488,13 @@ class BucketImpl implements Bucket, BucketInternals {
         },
       });
       await engine.start();
-      const listener = await this.db.client.listen("dmm_outbox", (payload) => this.#onOutbox(payload));
-      this.#unlisten = () => listener.unlisten();
+      try {
+        const listener = await this.db.client.listen("dmm_outbox", (payload) => this.#onOutbox(payload));
+        this.#unlisten = () => listener.unlisten();
+      } catch (err) {
+        await engine.stop();
+        throw err;
+      }
       if (this.tokens) {
         this.#relay = startRelay({
           log,
@@ -477,6 +507,8 @@ class BucketImpl implements Bucket, BucketInternals {
       this.#engine = engine;
       return engine;
     })();
+    // A failed start (Postgres down) is tried afresh by the next caller.
+    this.#engineStarting.catch(() => (this.#engineStarting = null));
     return this.#engineStarting;
   }
 

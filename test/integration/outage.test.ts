@@ -77,6 +77,23 @@ describe("outages", () => {
     await work;
   });
 
+  it("starts working a stream while NATS is down, through Postgres dispatch", async () => {
+    const nats: NatsServer = await startNatsServer();
+    servers.push(nats);
+    const bucket = await env.open("nats", { nats: nats.url, natsFallbackMs: 300, logger: memoryLogger() });
+    const stream = bucket.register("unit", Unit);
+    const runs = runsOf(bucket);
+    await nats.stop();
+    const work = stream.work();
+    await bucket.notify(Array.from({ length: 5 }, (_, i) => Object.assign(new Unit(), { id: `x${i}` })));
+    await waitFor("runs while NATS is down", () => runs.length >= 5, { timeoutMs: 15_000 });
+    expect(bucket.natsFallback).toBe(true);
+    await nats.start();
+    await waitFor("the switch back to NATS", () => !bucket.natsFallback, { timeoutMs: 15_000 });
+    await bucket.close();
+    await work;
+  });
+
   it("keeps working across a Postgres restart, without crashing or running anything twice", async () => {
     const pg: PostgresServer = await startPostgresServer();
     servers.push(pg);
