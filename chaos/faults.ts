@@ -51,7 +51,7 @@ export interface FaultOptions {
   nats: NatsServer;
   fleet: Fleet;
   random: Random;
-  /** Namespaces with NATS dispatch (their workers have a relay to kill). */
+  /** Worker slots with at least one JetStream-dispatch bucket (they run a relay to kill). */
   natsSlots: number[];
   /** Weights (whole numbers: copies per bag) of the process faults and of the infrastructure faults. */
   processBag: Partial<Record<FaultKind, number>>;

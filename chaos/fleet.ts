@@ -92,7 +92,7 @@ export class Fleet {
     return c !== undefined && c.exitCode === null && c.signalCode === null;
   }
 
-  /** Starts a process in slot `i` (no-op while one runs); resolves when spawned, not when ready. */
+  /** Starts a process in slot `i` (no-op while one runs) and returns it; it reports `ready` later. */
   start(i: number): ChildProcess | undefined {
     if (this.#stopped) return undefined;
     const slot = this.slots[i]!;

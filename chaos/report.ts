@@ -52,6 +52,8 @@ export interface ChaosReport {
   faultMisses: FaultMiss[];
   /** Relay kills, and how many left their outbox row behind (the kill landed between PubAck and delete). */
   relayKillRows: { total: number; leftBehind: number; stillThereAtEnd: number };
+  /** The most tokens a stream held at once, per stream (sampled every 2 s). */
+  tokenPeaks: Record<string, number>;
   /** From the moment everything was healed (and notifies stopped) until every identity converged. */
   convergeAfterLastFaultMs: number | null;
   /** The same, per namespace (null: did not converge). */
@@ -111,6 +113,7 @@ export function printReport(r: ChaosReport): void {
       ["cache saves committed", r.runs.cacheSaves],
       ["faults injected", r.faultsTotal],
       ["relay kills that left their outbox row", `${r.relayKillRows.leftBehind} of ${r.relayKillRows.total} (${r.relayKillRows.stillThereAtEnd} still there at the end)`],
+      ["tokens waiting in a stream, peak", Object.entries(r.tokenPeaks).map(([k, v]) => `${k} ${v}`).join(", ") || "-"],
       ["time to converge after the last fault", r.convergeAfterLastFaultMs === null ? "DID NOT CONVERGE" : `${(r.convergeAfterLastFaultMs / 1000).toFixed(2)} s`],
       ["  per namespace", Object.entries(r.convergeByNamespaceMs).map(([k, v]) => `${k} ${v === null ? "-" : `${(v / 1000).toFixed(2)} s`}`).join(", ")],
       [

@@ -33,6 +33,7 @@ import { Notifier } from "./notifier.js";
 import { convergence, runChecks, selfTest } from "./checks.js";
 import { CHAOS_SCHEMA_SQL, type WorkerBucket, type WorkerTimings, type WorkProfile } from "./model.js";
 import { printReport, type ChaosReport } from "./report.js";
+import { TokensProbe } from "./tokens-probe.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -189,6 +190,7 @@ async function main(): Promise<number> {
   let notifier: Notifier | undefined;
   let injector: FaultInjector | undefined;
   let admin: postgres.Sql | undefined;
+  let tokensProbe: TokensProbe | undefined;
   let violations = 0;
   let driverErrors = 0;
   const workDir = await mkdtemp(path.join(tmpdir(), "dmm-chaos-run-"));
@@ -199,6 +201,7 @@ async function main(): Promise<number> {
   const cleanup = () =>
     (cleaning ??= (async () => {
       const steps: [string, () => Promise<unknown>][] = [
+        ["tokens probe", async () => tokensProbe?.stop()],
         ["workers", async () => fleet?.dispose()],
         ["fault injector", async () => injector?.close()],
         ["notifier", async () => notifier?.close()],
@@ -321,6 +324,8 @@ async function main(): Promise<number> {
       infraGapMs: plan.infraGapMs,
       onFault: (f) => log(`fault ${f.kind}${f.slots ? ` [worker ${f.slots.join(",")}]` : ""} at ${(f.at / 1000).toFixed(1)} s, ${f.durationMs} ms${f.detail ? `: ${f.detail}` : ""}`),
     });
+    tokensProbe = new TokensProbe(nats.url, path.join(logDir, "nats.jsonl"));
+    tokensProbe.start();
     notifier.start();
     const faultsStarted = Date.now();
     const status = setInterval(() => {
@@ -399,6 +404,7 @@ async function main(): Promise<number> {
         : `converged ${convergeMs} ms after the last fault was healed (${nsNames.map((ns) => `${ns} ${convergeByNamespace[ns]} ms`).join(", ")}; all workers ready after ${workersBackMs ?? "?"} ms)`,
     );
 
+    tokensProbe.stop();
     await fleet.stop(10_000);
     // The outbox rows relay kills left behind: relayed again (a duplicate msgID) and deleted by now?
     const killedRows = injector.relayKillRows.map((r) => r.rowId);
@@ -480,6 +486,7 @@ async function main(): Promise<number> {
         leftBehind: injector.relayKillRows.filter((r) => r.presentAfterKill === true).length,
         stillThereAtEnd: left!.n,
       },
+      tokenPeaks: Object.fromEntries(tokensProbe.peak),
       convergeAfterLastFaultMs: convergeMs,
       convergeByNamespaceMs: convergeByNamespace,
       workersReadyAfterHealMs: workersBackMs,
