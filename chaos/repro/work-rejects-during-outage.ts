@@ -5,6 +5,9 @@
  * ("the database system is shutting down", a terminated connection): its worker processes die
  * with "stream.work() rejected" and a supervisor has to restart them.
  *
+ * Fixed by 674f5b0 ("work() survives Postgres or NATS being down while it starts"); kept as a
+ * regression check: it now prints that work() survived.
+ *
  * Run: `npx tsx --conditions=dmm-source chaos/repro/work-rejects-during-outage.ts` (own private
  * Postgres and nats-server).
  */
