@@ -362,7 +362,11 @@ class BucketImpl implements Bucket, BucketInternals {
     // stream for good; the bucket's fallback covers NATS, and work starts when Postgres answers.
     const engine = await this.#retry("worker:start", () => this.#startEngine(), signal);
     if (!engine) return;
-    if (this.tokens) this.#ensureConsumer(entry.kind, signal);
+    if (this.tokens) {
+      // Normally the consumer is there before the first pull; while NATS is away, keep trying
+      // in the background (the fallback dispatches meanwhile).
+      await this.tokens.ensureConsumer(entry.kind).catch(() => this.#ensureConsumer(entry.kind, signal));
+    }
     const source = this.#source(entry, engine);
     let set = this.#sources.get(entry.kind);
     if (!set) this.#sources.set(entry.kind, (set = new Set()));
