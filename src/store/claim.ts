@@ -105,6 +105,17 @@ export async function claimKeys(
   identities: string[],
 ): Promise<ClaimStatus[]> {
   if (identities.length === 0) return [];
+  // One claim per identity: a key asked for twice in a batch (a recovered key and its token)
+  // is claimed once; its other occurrences are idle. Claiming both would hand one lease to two
+  // runs.
+  const firstAt = new Map<string, number>();
+  identities.forEach((id, i) => firstAt.has(id) || firstAt.set(id, i));
+  if (firstAt.size < identities.length) {
+    const unique = [...firstAt.keys()];
+    const statuses = await claimKeys(exec, namespace, owner, leaseMs, kind, unique);
+    const byId = new Map(unique.map((id, i) => [id, statuses[i]!]));
+    return identities.map((id, i) => (firstAt.get(id) === i ? byId.get(id)! : { status: "idle" as const }));
+  }
   const result = await rows<ClaimRow>(
     exec,
     sql`with want as (

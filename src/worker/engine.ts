@@ -291,6 +291,8 @@ export class Engine {
         Object.defineProperty(instance, key, { value, writable: true, enumerable: true, configurable: true });
       }
       const before = instance.identity();
+      // A prefetched matter whose lease was lost while it waited is not run at all.
+      if (lease.controller.signal.aborted) throw lease.controller.signal.reason;
       await raceAbort(Promise.resolve().then(() => instance.materialize(ctx)), lease.controller.signal);
       const after = instance.identity();
       // A touched-only matter starts from `{}` (identity field empty); setting it to the real
@@ -590,6 +592,8 @@ function leaseId(kind: string, identity: string): string {
 }
 
 function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  // An abandoned run may still reject later: that must never be an unhandled rejection.
+  p.catch(() => {});
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(signal.reason);
