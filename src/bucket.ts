@@ -188,7 +188,7 @@ class BucketImpl implements Bucket, BucketInternals {
   #fallbackTimer: NodeJS.Timeout | null = null;
   #probe: NodeJS.Timeout | null = null;
   #relayFailures = 0;
-  readonly #switching = new Set<{ modeChanged(): void }>();
+  readonly #switching = new Set<{ modeChanged(): void; restartPulls(): void }>();
 
   constructor(
     readonly options: ResolvedOptions,
@@ -201,6 +201,8 @@ class BucketImpl implements Bucket, BucketInternals {
       if (up) {
         if (this.#fallbackTimer) clearTimeout(this.#fallbackTimer);
         this.#fallbackTimer = null;
+        // The server forgot our pull requests with the old connection: pull again now.
+        for (const s of this.#switching) s.restartPulls();
         return;
       }
       this.#fallbackTimer ??= setTimeout(() => {

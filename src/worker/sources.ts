@@ -37,7 +37,7 @@ export interface TokenSourceDeps {
  * statement per `take`. Tokens whose matter needs no run are acked away; tokens whose matter
  * is locked or not yet due are nak'ed back with a delay.
  */
-export function createTokenSource(deps: TokenSourceDeps): WakeableSource {
+export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { restartPulls(): void } {
   const queue: Token[] = [];
   const stopper = new AbortController();
   let outstanding = 0;
@@ -48,11 +48,14 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource {
     waiter = null;
     w?.();
   };
+  // Pulls in flight; a reconnect stops them all at once (the server forgot them), so their
+  // slots are requested again on the new connection instead of after their expiry.
+  let pulls = new AbortController();
   const request = (n: number) => {
     outstanding += n;
     // A pull that outlives its expiry (lost in a reconnect, a stalled server) is stopped, so
     // its slots are requested again instead of being waited for forever.
-    const giveUp = AbortSignal.any([stopper.signal, AbortSignal.timeout(deps.expiresMs + 5_000)]);
+    const giveUp = AbortSignal.any([stopper.signal, pulls.signal, AbortSignal.timeout(deps.expiresMs + 2_000)]);
     void (async () => {
       let received = 0;
       try {
@@ -76,6 +79,11 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource {
   };
   return {
     wake,
+    restartPulls() {
+      pulls.abort();
+      pulls = new AbortController();
+      wake();
+    },
     inject(keys) {
       for (const k of keys) queue.unshift({ ...NO_TOKEN, kind: k.kind, identity: k.identity });
       wake();
@@ -178,9 +186,11 @@ export function createOutboxSource(deps: OutboxSourceDeps): WakeableSource {
  * statements, so switching mid-flight is safe; tokens left in the stream are claimed (or acked
  * as idle) once NATS is back.
  */
-export function createSwitchingSource(tokens: WakeableSource, outbox: WakeableSource, usePostgres: () => boolean): WakeableSource & {
-  modeChanged(): void;
-} {
+export function createSwitchingSource(
+  tokens: WakeableSource & { restartPulls(): void },
+  outbox: WakeableSource,
+  usePostgres: () => boolean,
+): WakeableSource & { modeChanged(): void; restartPulls(): void } {
   let changed: (() => void) | null = null;
   const current = () => (usePostgres() ? outbox : tokens);
   return {
@@ -197,6 +207,9 @@ export function createSwitchingSource(tokens: WakeableSource, outbox: WakeableSo
     ready(signal) {
       const modeSwitch = new Promise<void>((resolve) => (changed = resolve));
       return Promise.race([current().ready(signal), modeSwitch]).finally(() => (changed = null));
+    },
+    restartPulls() {
+      tokens.restartPulls();
     },
     modeChanged() {
       const c = changed;
