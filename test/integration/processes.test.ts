@@ -44,6 +44,18 @@ async function createProbeRuns(sql: ReturnType<typeof env.sql>): Promise<void> {
     started_at timestamptz, ended_at timestamptz)`;
 }
 
+/** The probe table, an app-side bucket that can notify probes, and two worker processes. */
+async function startTwoWorkers(mode: Mode) {
+  const sql = env.sql();
+  await createProbeRuns(sql);
+  const namespace = env.namespace();
+  const bucket = await env.open(mode, {}, namespace);
+  bucket.register("probe", Probe);
+  const a = await startWorker(mode, namespace);
+  const b = await startWorker(mode, namespace);
+  return { sql, namespace, bucket, a, b };
+}
+
 async function stopWorker(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once("exit", r));
@@ -53,13 +65,7 @@ async function stopWorker(child: ChildProcess): Promise<void> {
 
 describe.each(MODES)("with %s dispatch", (mode) => {
   it("never runs one identity in two worker processes at once under bursts of notifies", async () => {
-    const sql = env.sql();
-    await createProbeRuns(sql);
-    const namespace = env.namespace();
-    const bucket = await env.open(mode, {}, namespace);
-    bucket.register("probe", Probe);
-    const a = await startWorker(mode, namespace);
-    const b = await startWorker(mode, namespace);
+    const { sql, namespace, bucket, a, b } = await startTwoWorkers(mode);
     const ids = Array.from({ length: 20 }, (_, i) => `id-${i}`);
     for (let round = 0; round < 10; round++) {
       await bucket.notify(ids.map((id, i) => Object.assign(new Probe(), { id, sleepMs: (i * 7 + round * 3) % 25 })));
@@ -87,13 +93,7 @@ describe.each(MODES)("with %s dispatch", (mode) => {
   });
 
   it("finishes a kill -9'd worker's slow run in another process within 2 s of the kill", async () => {
-    const sql = env.sql();
-    await createProbeRuns(sql);
-    const namespace = env.namespace();
-    const bucket = await env.open(mode, {}, namespace);
-    bucket.register("probe", Probe);
-    const a = await startWorker(mode, namespace);
-    const b = await startWorker(mode, namespace);
+    const { sql, namespace, bucket, a, b } = await startTwoWorkers(mode);
     await bucket.notify(Object.assign(new Probe(), { id: "slow", sleepMs: 30_000, slowOnce: true }));
     const [first] = await waitFor("the slow run to start", async () => {
       const r = await sql`select pid from probe_runs where identity = 'slow'`;
