@@ -8,7 +8,7 @@
  * | `overlap` | 1 | a run started (fenced) before an earlier-started run of the same identity ended (fenced) |
  * | `epoch-order` | 1 | runs of one identity whose lease epochs do not grow with their start times |
  * | `notify-followed` | 2 | a committed notify (generation G) with no completed run that started after it and saw G or later |
- * | `converged` | 2 | an identity whose cache does not hold its last committed value, run at its last generation, by the deadline |
+ * | `converged` | 2 | at the end (workers stopped): an identity not run at its last generation, leased, parked, or whose cache does not hold `applied == value` |
  * | `zombie-write` | 4 | a committed cache save from a run that did not hold the lease (epoch, owner, expiry) when it committed |
  * | `final-cache` | 4 | a final cache not written by the last completed run, or holding a value that run did not see |
  * | `lost-notify` | 6 | an acknowledged notify missing from Postgres; generations that are not exactly 1..N per identity |
@@ -43,17 +43,76 @@ export interface CheckFigures {
 }
 
 /**
- * How many identities of each namespace converged: run at their last generation, cache
- * `applied == value`, no lease held.
+ * The condition for one matter to count as converged, as SQL over `dmm.dmm_matter` (alias-free):
+ * run at its last generation (`observed_generation = generation`), no lease held, not parked,
+ * and the cache holds `applied == value` (the last run applied the last notified value).
+ */
+const CONVERGED = `(observed_generation = generation and lease_owner is null and not parked
+                   and (cache->'applied') = (cache->'value'))`;
+
+/**
+ * How many identities of each namespace converged (see {@link CONVERGED}), all namespaces read
+ * in one statement, so one snapshot.
  */
 export async function convergence(sql: postgres.Sql, namespaces: string[]): Promise<Record<string, { done: number; total: number }>> {
   const rows = await sql<{ namespace: string; done: number; total: number }[]>`
     select namespace,
-           count(*) filter (where observed_generation = generation and lease_owner is null
-                              and (cache->'applied') = (cache->'value'))::int as done,
+           count(*) filter (where ${sql.unsafe(CONVERGED)})::int as done,
            count(*)::int as total
     from dmm.dmm_matter where namespace in ${sql(namespaces)} group by namespace`;
   return Object.fromEntries(namespaces.map((ns) => [ns, rows.find((r) => r.namespace === ns) ?? { done: 0, total: 0 }]));
+}
+
+/** A matter that has not converged, with what is needed to tell why. */
+export interface UnconvergedMatter {
+  namespace: string;
+  identity: string;
+  generation: string;
+  observed: string;
+  value: unknown;
+  applied: unknown;
+  parked: boolean;
+  attempts: number;
+  lastError: string | null;
+  dueAt: string | null;
+  dueReason: string | null;
+  leaseOwner: string | null;
+  leaseEpoch: string;
+  leaseUntil: string | null;
+  dispatchedAt: string | null;
+  updatedAt: string;
+  /** The matter's outbox row, if any (available at, tries, bumps). */
+  outbox: unknown;
+  /** The last committed notify of the identity (generation, value, at). */
+  lastNotify: unknown;
+  /** The last run the ledger recorded (token, epoch, generation, value, reason, slot, start, end). */
+  lastRun: unknown;
+  /** When this row was read (clock_timestamp()). */
+  readAt: string;
+}
+
+/**
+ * Every matter of `namespaces` that has not converged (up to `limit`), with its dmm row, outbox
+ * row, last notify and last ledger run: what a reader needs to diagnose a lost wakeup.
+ */
+export async function unconvergedMatters(sql: postgres.Sql, namespaces: string[], limit = 20): Promise<UnconvergedMatter[]> {
+  return sql<UnconvergedMatter[]>`
+    select m.namespace, m.identity, m.generation::text, m.observed_generation::text as observed,
+           m.cache->'value' as value, m.cache->'applied' as applied, m.parked, m.attempts, left(m.last_error, 300) as "lastError",
+           m.due_at::text as "dueAt", m.due_reason as "dueReason", m.lease_owner as "leaseOwner", m.lease_epoch::text as "leaseEpoch",
+           m.lease_until::text as "leaseUntil", m.dispatched_at::text as "dispatchedAt", m.updated_at::text as "updatedAt",
+           (select json_agg(json_build_object('id', o.id, 'availableAt', o.available_at, 'tries', o.tries, 'bumps', o.bumps, 'createdAt', o.created_at))
+              from dmm.dmm_outbox o where o.namespace = m.namespace and o.kind = m.kind and o.identity = m.identity) as outbox,
+           (select json_build_object('generation', n.generation, 'value', n.value, 'at', n.at) from chaos.notify_log n
+              where n.namespace = m.namespace and n.identity = m.identity order by n.generation desc limit 1) as "lastNotify",
+           (select json_build_object('token', l.token, 'epoch', l.epoch, 'generation', l.generation, 'value', l.value, 'reason', l.reason,
+                                     'slot', l.slot, 'pid', l.pid, 'started', l.started_at, 'ended', l.ended_at) from chaos.ledger l
+              where l.namespace = m.namespace and l.identity = m.identity order by l.started_at desc limit 1) as "lastRun",
+           clock_timestamp()::text as "readAt"
+    from dmm.dmm_matter m
+    where m.namespace in ${sql(namespaces)} and not ${sql.unsafe(CONVERGED)}
+    order by m.namespace, m.identity
+    limit ${limit}`;
 }
 
 /** Runs every check; see the module comment. */
@@ -62,7 +121,6 @@ export async function runChecks(
   namespaces: string[],
   identities: number,
   notifies: NotifyRecord[],
-  converged: boolean,
 ): Promise<{ checks: CheckResult[]; figures: CheckFigures }> {
   const checks: CheckResult[] = [];
   const add = (name: string, rows: readonly unknown[]) => checks.push({ name, violations: rows.length, samples: [...rows.slice(0, 5)] });
@@ -114,17 +172,9 @@ export async function runChecks(
     .sort((a, b) => b.ms - a.ms)
     .slice(0, 5);
 
-  add(
-    "converged",
-    converged
-      ? []
-      : await sql`
-          select namespace, identity, generation::text, observed_generation::text as observed, cache->'value' as value, cache->'applied' as applied,
-                 lease_owner, attempts, last_error
-          from dmm.dmm_matter
-          where namespace in ${sql(namespaces)}
-            and not (observed_generation = generation and lease_owner is null and (cache->'applied') = (cache->'value'))`,
-  );
+  // Always read the final state, even when the run's probe saw every identity converged: a
+  // change after the probe (a late commit, a run after the probe) must show here.
+  add("converged", await unconvergedMatters(sql, namespaces, 1_000));
 
   // 4. No cache save committed from a run that had lost its lease.
   add(
@@ -272,7 +322,7 @@ export async function selfTest(sql: postgres.Sql, namespaces: string[], identiti
         { namespace: l.namespace, identity: l.identity, value: 888888888, generation: 5, outcome: "committed", at: Date.now() },
         { namespace: l.namespace, identity: l.identity, value: 777777777, generation: null, outcome: "unknown", at: Date.now() },
       ];
-      const { checks } = await runChecks(tx as unknown as postgres.Sql, namespaces, identities, planted, false);
+      const { checks } = await runChecks(tx as unknown as postgres.Sql, namespaces, identities, planted);
       blind = checks.filter((c) => c.violations === 0).map((c) => c.name);
       throw new RollBack();
     });

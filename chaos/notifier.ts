@@ -57,6 +57,13 @@ export class Notifier {
   readonly #buckets = new Map<string, Bucket>();
   #loops: Promise<void>[] = [];
   #stop = false;
+  /**
+   * Notify transactions that have not settled yet. One that timed out (recorded `unknown`) is
+   * still here while it waits, e.g. on a row lock held by a worker's transaction behind a
+   * half-open link: it may still commit, so the run must not look at the outcome before it is
+   * gone (see {@link Notifier.settle}).
+   */
+  readonly #inflight = new Set<Promise<unknown>>();
 
   private constructor(private readonly options: NotifierOptions) {
     this.#client = postgres(options.url, {
@@ -102,10 +109,35 @@ export class Notifier {
     this.#loops = this.options.namespaces.map((ns) => this.#loop(ns));
   }
 
-  /** Stops the loops after their current batch; resolves when they have returned. */
+  /**
+   * Stops the loops after their current batch; resolves when they have returned. Transactions
+   * that timed out may still be running: see {@link Notifier.settle}.
+   */
   async stop(): Promise<void> {
     this.#stop = true;
     await Promise.all(this.#loops);
+  }
+
+  /** Notify transactions still running (committed or rolled back only once they settle). */
+  get inflight(): number {
+    return this.#inflight.size;
+  }
+
+  /**
+   * Waits until every notify transaction has settled (committed, failed or rolled back), up to
+   * `timeoutMs`; returns how many are still running then. Only after this does
+   * `chaos.notify_log` hold every notify that will ever commit.
+   */
+  async settle(timeoutMs: number): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.#inflight.size > 0) {
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.allSettled([...this.#inflight]), new Promise((r) => (timer = setTimeout(r, left)))]);
+      clearTimeout(timer);
+    }
+    return this.#inflight.size;
   }
 
   /** Notifies committed / with unknown outcome so far. */
@@ -145,17 +177,21 @@ export class Notifier {
     });
     let timer: NodeJS.Timeout | undefined;
     try {
+      const transaction = this.#db.transaction(async (tx) => {
+        await bucket.notify(batch, { tx });
+        const rows = (await tx.execute(sql`
+          insert into chaos.notify_log (namespace, identity, value, generation, at)
+          select m.namespace, m.identity, (m.cache->>'value')::bigint, m.generation, clock_timestamp()
+          from dmm.dmm_matter m
+          where m.namespace = ${ns} and m.kind = ${KIND} and m.identity in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb))
+          returning identity, generation::text, value::text`)) as unknown as { identity: string; generation: string; value: string }[];
+        return new Map(rows.map((r) => [r.identity, { generation: Number(r.generation), value: Number(r.value) }]));
+      });
+      this.#inflight.add(transaction);
+      const forget = () => this.#inflight.delete(transaction);
+      transaction.then(forget, forget);
       const generations = await Promise.race([
-        this.#db.transaction(async (tx) => {
-          await bucket.notify(batch, { tx });
-          const rows = (await tx.execute(sql`
-            insert into chaos.notify_log (namespace, identity, value, generation, at)
-            select m.namespace, m.identity, (m.cache->>'value')::bigint, m.generation, clock_timestamp()
-            from dmm.dmm_matter m
-            where m.namespace = ${ns} and m.kind = ${KIND} and m.identity in (select jsonb_array_elements_text(${JSON.stringify(ids)}::jsonb))
-            returning identity, generation::text, value::text`)) as unknown as { identity: string; generation: string; value: string }[];
-          return new Map(rows.map((r) => [r.identity, { generation: Number(r.generation), value: Number(r.value) }]));
-        }),
+        transaction,
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new Error(`the notify transaction did not return within ${this.options.timeoutMs} ms`)), this.options.timeoutMs);
         }),

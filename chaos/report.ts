@@ -2,7 +2,7 @@
  * The figures of a chaos run: the JSON shape written to bench/results/chaos-<timestamp>.json and
  * the table printed at the end of every run.
  */
-import type { CheckResult } from "./checks.js";
+import type { CheckResult, UnconvergedMatter } from "./checks.js";
 import type { FaultKind, FaultMiss, FaultRecord } from "./faults.js";
 import type { WorkerTimings } from "./model.js";
 import type { UnexpectedExit } from "./fleet.js";
@@ -35,6 +35,10 @@ export interface ChaosReport {
     /** …of which Postgres shows it committed after all / rolled back. */
     unknownCommitted: number;
     unknownRolledBack: number;
+    /** Notify transactions still running (timed out, not settled) when the notifier stopped. */
+    inflightAtStop: number;
+    /** …of which still running 15 s after the heal, so the run terminated their backends. */
+    terminatedAtEnd: number;
   };
   runs: {
     /** Runs that recorded their (fenced) start. */
@@ -58,6 +62,8 @@ export interface ChaosReport {
   convergeAfterLastFaultMs: number | null;
   /** The same, per namespace (null: did not converge). */
   convergeByNamespaceMs: Record<string, number | null>;
+  /** When the probe gave up: the identities not converged, with their dmm rows (up to 20). */
+  unconverged: UnconvergedMatter[];
   /** From the heal until every worker process (restarted ones too) reported ready. */
   workersReadyAfterHealMs: number | null;
   /** Notify commit → end of the first completed run that saw it. */
@@ -114,7 +120,8 @@ export function printReport(r: ChaosReport): void {
       ["faults injected", r.faultsTotal],
       ["relay kills that left their outbox row", `${r.relayKillRows.leftBehind} of ${r.relayKillRows.total} (${r.relayKillRows.stillThereAtEnd} still there at the end)`],
       ["tokens waiting in a stream, peak", Object.entries(r.tokenPeaks).map(([k, v]) => `${k} ${v}`).join(", ") || "-"],
-      ["time to converge after the last fault", r.convergeAfterLastFaultMs === null ? "DID NOT CONVERGE" : `${(r.convergeAfterLastFaultMs / 1000).toFixed(2)} s`],
+      ["notify transactions running at the stop", `${r.notifies.inflightAtStop} (${r.notifies.terminatedAtEnd} terminated after 15 s)`],
+      ["time to converge after the last fault", r.convergeAfterLastFaultMs === null ? `DID NOT CONVERGE (${r.unconverged.length} identities listed in "unconverged")` : `${(r.convergeAfterLastFaultMs / 1000).toFixed(2)} s`],
       ["  per namespace", Object.entries(r.convergeByNamespaceMs).map(([k, v]) => `${k} ${v === null ? "-" : `${(v / 1000).toFixed(2)} s`}`).join(", ")],
       [
         "  all workers ready again after",

@@ -30,7 +30,7 @@ import { createRandom, startNatsServer, startPostgresServer, waitFor, type NatsS
 import { Fleet } from "./fleet.js";
 import { FAULT_KINDS, FaultInjector, withTimeout, type FaultKind } from "./faults.js";
 import { Notifier } from "./notifier.js";
-import { convergence, runChecks, selfTest } from "./checks.js";
+import { convergence, runChecks, selfTest, unconvergedMatters, type UnconvergedMatter } from "./checks.js";
 import { CHAOS_SCHEMA_SQL, type WorkerBucket, type WorkerTimings, type WorkProfile } from "./model.js";
 import { printReport, type ChaosReport } from "./report.js";
 import { TokensProbe } from "./tokens-probe.js";
@@ -352,57 +352,73 @@ async function main(): Promise<number> {
     clearInterval(status);
     const faultsMs = Date.now() - faultsStarted;
 
-    // Heal, stop the load, and wait for every identity to converge.
+    // Stop the load, heal, and wait until every notify transaction has settled: one that timed
+    // out (counted unknown) may still be waiting, e.g. on a row lock of a worker transaction
+    // behind a half-open link, and commit later. Convergence means nothing before that.
     await notifier.stop();
+    const inflightAtStop = notifier.inflight;
     await injector.healAll();
     const healedAt = injector.lastHealAt;
-    log(`faults over after ${(faultsMs / 1000).toFixed(1)} s; everything healed, notifier stopped; waiting for convergence`);
+    let notifiesTerminated = 0;
+    if ((await notifier.settle(15_000)) > 0) {
+      // Still running 15 s after the heal: end them (each then commits or rolls back for good).
+      notifiesTerminated = notifier.inflight;
+      log(`${notifiesTerminated} notify transactions still running 15 s after the heal; terminating the notifier's backends`);
+      await withTimeout(admin`select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'chaos:notifier'`, 5_000).catch((err: unknown) =>
+        log(`terminating the notifier's backends failed: ${(err as Error).message}`),
+      );
+      const left = await notifier.settle(10_000);
+      if (left > 0) throw new Error(`${left} notify transactions did not settle even after their backends were terminated.`);
+    }
+    log(
+      `faults over after ${(faultsMs / 1000).toFixed(1)} s; everything healed, notifier stopped` +
+        `${inflightAtStop > 0 ? ` (${inflightAtStop} notify transactions were still running; settled ${Date.now() - healedAt} ms after the heal)` : ""}; waiting for convergence`,
+    );
+    // Converged means: in one snapshot, every identity of every namespace run at its last
+    // generation, lease free, not parked, cache applied == value (checks.ts, CONVERGED). The
+    // per-namespace times are when each namespace was first seen converged, for the figures.
     let convergeMs: number | null = null;
     const convergeByNamespace: Record<string, number | null> = Object.fromEntries(nsNames.map((ns) => [ns, null]));
     let workersBackMs: number | null = null;
     let last: Record<string, { done: number; total: number }> = {};
-    /** The last few identities of each namespace to converge, with their state as last seen. */
-    const lastToConverge: Record<string, unknown[]> = {};
+    /** The last identities to converge, with their rows as last seen (kept with the logs). */
+    let lastToConverge: UnconvergedMatter[] = [];
+    /** Identities not converged when the probe gave up (empty when it converged). */
+    let unconverged: UnconvergedMatter[] = [];
     const convergeDeadline = Date.now() + plan.convergeTimeoutMs;
-    while (Date.now() < convergeDeadline) {
+    for (;;) {
       // Workers that die now (a fault's late effect) are restarted: healing means all of them run.
       for (const s of fleet.slots) if (!fleet.alive(s.index) && !s.restartTimer) fleet.start(s.index);
       if (workersBackMs === null && fleet.slots.every((s) => fleet!.alive(s.index) && !s.starting)) workersBackMs = Date.now() - healedAt;
       try {
         last = await withTimeout(convergence(admin, nsNames), 5_000);
-        for (const ns of nsNames) {
-          if (last[ns]!.done < last[ns]!.total && last[ns]!.total - last[ns]!.done <= 3) {
-            lastToConverge[ns] = (
-              await admin<{ identity: string; state: unknown }[]>`
-                select identity, json_build_object('generation', generation, 'observed', observed_generation, 'lease', lease_owner,
-                  'leaseUntil', lease_until, 'attempts', attempts, 'due', due_at, 'error', left(last_error, 200),
-                  'outbox', (select json_agg(json_build_object('available', o.available_at, 'tries', o.tries)) from dmm.dmm_outbox o
-                             where o.namespace = m.namespace and o.kind = m.kind and o.identity = m.identity),
-                  'at', clock_timestamp()) as state
-                from dmm.dmm_matter m where namespace = ${ns}
-                  and not (observed_generation = generation and lease_owner is null and (cache->'applied') = (cache->'value'))`
-            ).map((r) => ({ identity: r.identity, state: r.state }));
-          }
-        }
-        for (const ns of nsNames) {
-          if (convergeByNamespace[ns] === null && last[ns]!.done === plan.identities && last[ns]!.total === plan.identities) {
-            convergeByNamespace[ns] = Date.now() - healedAt;
-          }
-        }
-        if (nsNames.every((ns) => convergeByNamespace[ns] !== null)) {
+        const done = (ns: string) => last[ns]!.done === plan.identities && last[ns]!.total === plan.identities;
+        for (const ns of nsNames) if (convergeByNamespace[ns] === null && done(ns)) convergeByNamespace[ns] = Date.now() - healedAt;
+        if (nsNames.every(done)) {
           convergeMs = Date.now() - healedAt;
           break;
+        }
+        if (nsNames.reduce((n, ns) => n + last[ns]!.total - last[ns]!.done, 0) <= 5) {
+          lastToConverge = await withTimeout(unconvergedMatters(admin, nsNames, 5), 5_000);
         }
       } catch {
         /* the probe itself may hit a connection killed by the last fault; try again */
       }
+      if (Date.now() >= convergeDeadline) break;
       await new Promise((r) => setTimeout(r, 200));
     }
-    log(
-      convergeMs === null
-        ? `NOT converged within ${plan.convergeTimeoutMs / 1000} s: ${nsNames.map((ns) => `${ns} ${last[ns]?.done ?? "?"}/${plan.identities}`).join(", ")}`
-        : `converged ${convergeMs} ms after the last fault was healed (${nsNames.map((ns) => `${ns} ${convergeByNamespace[ns]} ms`).join(", ")}; all workers ready after ${workersBackMs ?? "?"} ms)`,
-    );
+    if (convergeMs === null) {
+      unconverged = await withTimeout(unconvergedMatters(admin, nsNames, 20), 10_000).catch((err: unknown) => {
+        log(`reading the unconverged matters failed: ${(err as Error).message}`);
+        return [];
+      });
+      log(`NOT converged within ${plan.convergeTimeoutMs / 1000} s: ${nsNames.map((ns) => `${ns} ${last[ns]?.done ?? "?"}/${plan.identities}`).join(", ")}; first ${unconverged.length} not converged:`);
+      for (const m of unconverged) log(`  ${JSON.stringify(m)}`);
+    } else {
+      log(
+        `converged ${convergeMs} ms after the last fault was healed (${nsNames.map((ns) => `${ns} ${convergeByNamespace[ns]} ms`).join(", ")}; all workers ready after ${workersBackMs ?? "?"} ms)`,
+      );
+    }
 
     tokensProbe.stop();
     await fleet.stop(10_000);
@@ -411,7 +427,7 @@ async function main(): Promise<number> {
     const [left] = killedRows.length
       ? await admin<{ n: number }[]>`select count(*)::int as n from dmm.dmm_outbox where id in ${admin(killedRows)}`
       : [{ n: 0 }];
-    const { checks, figures } = await runChecks(admin, nsNames, plan.identities, notifier.records, convergeMs !== null);
+    const { checks, figures } = await runChecks(admin, nsNames, plan.identities, notifier.records);
     if (notifier.anomalies.length > 0) checks.push({ name: "notify-readback", violations: notifier.anomalies.length, samples: notifier.anomalies.slice(0, 5) });
     violations = checks.reduce((s, c) => s + c.violations, 0);
     // The checks must be able to fail: plant one violation of each kind, rolled back after.
@@ -470,7 +486,14 @@ async function main(): Promise<number> {
         faultPeriodS: Math.round(faultsMs / 100) / 10,
       },
       readyWorkersShare: Object.fromEntries(readyTime.map((ms, n) => [String(n), Math.round((1000 * ms) / Math.max(1, faultsMs)) / 1000])),
-      notifies: { committed: counts.committed, unknown: counts.unknown, unknownCommitted: figures.unknownCommitted, unknownRolledBack: figures.unknownRolledBack },
+      notifies: {
+        committed: counts.committed,
+        unknown: counts.unknown,
+        unknownCommitted: figures.unknownCommitted,
+        unknownRolledBack: figures.unknownRolledBack,
+        inflightAtStop,
+        terminatedAtEnd: notifiesTerminated,
+      },
       runs: {
         started: figures.ledgerRuns,
         completed: figures.completedRuns,
@@ -489,6 +512,7 @@ async function main(): Promise<number> {
       tokenPeaks: Object.fromEntries(tokensProbe.peak),
       convergeAfterLastFaultMs: convergeMs,
       convergeByNamespaceMs: convergeByNamespace,
+      unconverged,
       workersReadyAfterHealMs: workersBackMs,
       notifyToRunMs: figures.notifyToRunMs,
       slowestNotifies: figures.slowestNotifies,
