@@ -16,8 +16,8 @@
  *   autocommit, outside the (rolled-back) transaction, and commits.
  *
  * Variants: `plain` (the driver as installed), `patched` (PG_DRIVER points at a copy of the
- * driver with the guard of .tmp/chaos-findings.md), `guarded` (the callback never settles after
- * its connection was lost: the dmm-side workaround proposed for src/store/db.ts).
+ * driver with the guard of .tmp/chaos-findings.md), `guarded` (`guardedTransaction` below: the
+ * dmm-side workaround proposed for src/store/db.ts). Every variant goes through Drizzle, as dmm does.
  *
  * Run: `npx tsx --conditions=dmm-source chaos/repro/terminated-transaction-paths.ts`
  * (optionally `PG_DRIVER=/path/to/patched/postgres/src/index.js`).
@@ -26,6 +26,8 @@ import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
 import postgres from "postgres";
+import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
+import { sql } from "drizzle-orm";
 import { startPostgresServer } from "../lib/index.js";
 
 type Case = "in-flight" | "between" | "stale-after-reconnect";
@@ -34,51 +36,81 @@ type Variant = "plain" | "patched" | "guarded";
 /** postgres.js connection-loss codes: the transaction's own connection may be gone. */
 const LOSS = /^(CONNECTION_CLOSED|CONNECTION_DESTROYED|CONNECTION_ENDED|ECONNRESET|EPIPE|ETIMEDOUT)$/;
 
+/** The code of a driver error, under Drizzle's query wrapper. */
+function codeOf(err: unknown): string {
+  const inner = (err as { cause?: unknown } | null)?.cause ?? err;
+  return String((inner as { code?: unknown } | null)?.code ?? (err as { code?: unknown } | null)?.code);
+}
+
+/** A postgres.js PendingQuery stand-in that rejects: awaitable, and with `.values()` (Drizzle uses both). */
+function rejectedQuery(err: Error): PromiseLike<never> & { values(): Promise<never> } {
+  return {
+    then: (onFulfilled, onRejected) => Promise.reject(err).then(onFulfilled, onRejected),
+    values: () => Promise.reject(err),
+  };
+}
+
 /**
- * The dmm-side workaround: run `fn` in `client.begin`, but never let the callback settle once
- * the transaction's connection is gone, so begin() never writes ROLLBACK / COMMIT to it; begin()
- * rejects on its own then (its race with the connection's onclose). A loss-like error whose
- * connection is still alive (begin() has not rejected within `graceMs`) is rethrown.
+ * The dmm-side workaround proposed for src/store/db.ts: `db.transaction(fn)` that never lets
+ * postgres.js write to a connection the transaction lost.
+ * 1. Once begin() has rejected (it races every transaction against its connection's close),
+ *    the transaction's own handle refuses statements (they would go to a closed socket, or to
+ *    the new session the pool opened on the same connection object, outside the transaction).
+ * 2. The callback never settles once its connection is lost, so begin() never sends its own
+ *    ROLLBACK or COMMIT to it; a loss-like error whose connection is still alive (begin() has
+ *    not rejected within `graceMs`) is rethrown as usual.
+ * A callback left pending holds nothing but its own closure, which is collected with it.
  */
-async function guardedBegin<T>(client: postgres.Sql, fn: (tx: postgres.TransactionSql) => Promise<T>, graceMs = 1_000): Promise<T> {
+async function guardedTransaction<T>(db: PostgresJsDatabase, fn: (tx: PgTx) => Promise<T>, graceMs = 1_000): Promise<T> {
   let lost = false;
+  let settled: Promise<void> | undefined;
   const never = new Promise<never>(() => {});
-  const run = client.begin(async (tx) => {
+  const run = db.transaction(async (tx) => {
+    const scoped = (tx as unknown as { session: { client: postgres.Sql } }).session.client;
+    const unsafe = scoped.unsafe.bind(scoped);
+    (scoped as { unsafe: unknown }).unsafe = (...args: Parameters<postgres.Sql["unsafe"]>) =>
+      lost ? rejectedQuery(Object.assign(new Error("the transaction's connection was lost"), { code: "CONNECTION_CLOSED" })) : unsafe(...args);
+    let result: T;
     try {
-      const result = await fn(tx);
-      if (lost) return never;
-      return result;
+      result = await fn(tx);
     } catch (err) {
-      if (!LOSS.test(String((err as { code?: unknown }).code))) throw err;
-      const until = Date.now() + graceMs;
-      while (!lost && Date.now() < until) await delay(20);
+      if (!LOSS.test(codeOf(err))) throw err;
+      await Promise.race([settled, delay(graceMs)]);
       if (lost) return never;
       throw err;
     }
-  }) as Promise<T>;
-  run.catch(() => {
-    lost = true;
+    if (lost) return never;
+    return result;
   });
+  settled = run.then(
+    () => {},
+    () => {
+      lost = true;
+    },
+  );
   return run;
 }
 
+type PgTx = Parameters<Parameters<PostgresJsDatabase["transaction"]>[0]>[0];
+
 async function child(url: string, c: Case, variant: Variant): Promise<void> {
   const driver = variant === "patched" ? ((await import(process.env.PG_DRIVER!)) as { default: typeof postgres }).default : postgres;
-  const sql = driver(url, { max: c === "stale-after-reconnect" ? 1 : 2, onnotice: () => {}, fetch_types: false });
-  const admin = driver(url, { max: 1, onnotice: () => {}, fetch_types: false });
+  const client = driver(url, { max: c === "stale-after-reconnect" ? 1 : 2, onnotice: () => {}, fetch_types: false });
+  const db = drizzle(client);
+  const admin = postgres(url, { max: 1, onnotice: () => {}, fetch_types: false });
   let crashed: Error | undefined;
   process.on("uncaughtException", (err) => {
     crashed = err;
   });
-  await sql`create table if not exists repro_t (v int)`;
-  await sql`truncate repro_t`;
-  const begin = variant === "guarded" ? <T>(fn: (tx: postgres.TransactionSql) => Promise<T>) => guardedBegin(sql, fn) : <T>(fn: (tx: postgres.TransactionSql) => Promise<T>) => sql.begin(fn) as Promise<T>;
+  await admin`create table if not exists repro_t (v int)`;
+  await admin`truncate repro_t`;
+  const transaction = <T>(fn: (tx: PgTx) => Promise<T>): Promise<T> => (variant === "guarded" ? guardedTransaction(db, fn) : db.transaction(fn));
   let outcome: string;
   try {
-    await begin(async (tx) => {
-      const [row] = await tx<{ pid: number }[]>`select pg_backend_pid() as pid`;
+    await transaction(async (tx) => {
+      const [row] = (await tx.execute(sql`select pg_backend_pid() as pid`)) as unknown as { pid: number }[];
       if (c === "in-flight") {
-        const sleeping = tx`select pg_sleep(2)`;
+        const sleeping = tx.execute(sql`select pg_sleep(2)`);
         await delay(100);
         await admin`select pg_terminate_backend(${row!.pid})`;
         await sleeping;
@@ -86,17 +118,17 @@ async function child(url: string, c: Case, variant: Variant): Promise<void> {
         await admin`select pg_terminate_backend(${row!.pid})`;
         await delay(300);
         // The pool reconnects its only connection object for this statement.
-        if (c === "stale-after-reconnect") await sql`select 1`;
-        await tx`insert into repro_t values (1)`;
+        if (c === "stale-after-reconnect") await db.execute(sql`select 1`);
+        await tx.execute(sql`insert into repro_t values (1)`);
       }
     });
     outcome = "transaction resolved";
   } catch (err) {
-    outcome = `transaction rejected (${(err as { code?: string }).code ?? (err as Error).message})`;
+    outcome = `transaction rejected (${codeOf(err)})`;
   }
   await delay(500);
   const [after] = await admin<{ n: number }[]>`select count(*)::int as n from repro_t`.catch(() => [{ n: -1 }]);
-  const poolOk = await Promise.race([sql`select 1 as ok`.then(() => "pool answers", () => "pool query failed"), delay(3_000).then(() => "POOL HANGS")]);
+  const poolOk = await Promise.race([db.execute(sql`select 1 as ok`).then(() => "pool answers", () => "pool query failed"), delay(3_000).then(() => "POOL HANGS")]);
   console.log(
     JSON.stringify({
       case: c,
@@ -107,7 +139,7 @@ async function child(url: string, c: Case, variant: Variant): Promise<void> {
       afterwards: poolOk,
     }),
   );
-  await Promise.all([sql.end({ timeout: 1 }), admin.end({ timeout: 1 })]);
+  await Promise.all([client.end({ timeout: 1 }), admin.end({ timeout: 1 })]);
 }
 
 if (process.env.REPRO_CHILD) {
