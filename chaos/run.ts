@@ -385,7 +385,8 @@ async function main(): Promise<number> {
     let lastToConverge: UnconvergedMatter[] = [];
     /** Identities not converged when the probe gave up (empty when it converged). */
     let unconverged: UnconvergedMatter[] = [];
-    const convergeDeadline = Date.now() + plan.convergeTimeoutMs;
+    // Counted from the heal, so the notify settling above eats into it: the run keeps its deadline.
+    const convergeDeadline = healedAt + plan.convergeTimeoutMs;
     for (;;) {
       // Workers that die now (a fault's late effect) are restarted: healing means all of them run.
       for (const s of fleet.slots) if (!fleet.alive(s.index) && !s.restartTimer) fleet.start(s.index);
