@@ -77,7 +77,10 @@ export const dmmOutbox = dmmSchema.table(
   },
   (t) => [
     uniqueIndex("dmm_outbox_key_idx").on(t.namespace, t.kind, t.identity),
+    /** The relay's take: every kind of a namespace, oldest first. */
     index("dmm_outbox_take_idx").on(t.namespace, t.availableAt, t.id),
+    /** Postgres-only dispatch takes one kind, oldest first: an ordered scan, never a sort. */
+    index("dmm_outbox_kind_take_idx").on(t.namespace, t.kind, t.availableAt, t.id),
   ],
 );
 

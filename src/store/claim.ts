@@ -2,8 +2,8 @@
  * Claims: lock matters with `FOR UPDATE SKIP LOCKED` and stamp a fenced lease on those that
  * need a run, many identities per statement (one commit serves a whole batch).
  */
-import { sql, type SQL } from "drizzle-orm";
-import { jsonParam, rows, type Executor } from "./db.js";
+import { sql } from "drizzle-orm";
+import { rows, type Executor } from "./db.js";
 import type { RunReason } from "../types.js";
 
 /** A matter this worker now holds a lease on. */
@@ -38,7 +38,7 @@ export type ClaimStatus =
   | { status: "busy" }
   | { status: "missing" };
 
-/** How far ahead a not-yet-due key is kept (re-tried at its due time) instead of dropped. */
+/** How far ahead a not-yet-due key is kept (re-tried at its due time) instead of dropped; the SQL functions of migration 0003 use the same 5 seconds. */
 export const EARLY_HORIZON_MS = 5_000;
 
 interface ClaimRow {
@@ -52,48 +52,15 @@ interface ClaimRow {
   due_in_ms: number | null;
 }
 
-/** The claimable condition, shared by every claim and by the sweep. */
+/** The claimable condition of the sweep; `dmm.take_and_claim` and `dmm.claim_keys` (migration 0003) spell the same. */
 export const CLAIMABLE = sql.raw(
   `(m.lease_owner is null or m.lease_until < now())
    and (case when m.due_at is null then m.generation > m.observed_generation else m.due_at <= now() end)`,
 );
 
 /**
- * Locks one matter of `kind` by primary key, skipping it if another transaction holds it.
- * Written as a `LIMIT 1` lateral subquery so the planner always does one index lookup per key:
- * a join would be planned as a hash join over every matter of the namespace once the batch is
- * a few hundred keys.
- */
-export function lockMatter(namespace: string, kind: string, identity: SQL): SQL {
-  return sql`select m.identity, m.lease_owner, m.due_at, m.due_reason
-             from dmm.dmm_matter m
-             where m.namespace = ${namespace} and m.kind = ${kind} and m.identity = ${identity}
-             limit 1 for update skip locked`;
-}
-
-/**
- * Stamps the lease on the locked matters of one kind that are claimable. The keys go in as an
- * array (`identity = any(...)`), the one shape the planner always turns into primary-key
- * lookups, and the UPDATE re-finds each row by key (never by ctid): a row changed by a
- * transaction that committed after this statement's snapshot is locked in its newest version,
- * which only a key lookup, with its re-check, finds again.
- */
-function stampLeases(namespace: string, kind: string, owner: string, leaseMs: number): SQL {
-  return sql`update dmm.dmm_matter m set
-               lease_owner = ${owner}, lease_epoch = m.lease_epoch + 1,
-               lease_until = now() + ${leaseMs}::int * interval '1 millisecond', updated_at = now()
-             where m.namespace = ${namespace} and m.kind = ${kind}
-               and m.identity = any(array(select identity from locked)) and ${CLAIMABLE}
-             returning m.identity, m.cache, m.generation, m.attempts, m.lease_epoch`;
-}
-
-/** The reason of a run, from the matter as locked (before the claim). */
-const REASON = sql.raw(`case when l.prev_owner is not null then 'recovery'
-                             when l.due_at is not null then coalesce(l.due_reason, 'retry')
-                             else 'notify' end`);
-
-/**
- * Claims the matters named by tokens of one kind, in one statement. Returns one status per
+ * Claims the matters named by tokens of one kind, in one call of `dmm.claim_keys` (migration
+ * 0003: lock each key with SKIP LOCKED, then stamp the leases by ctid). Returns one status per
  * key, in order.
  */
 export async function claimKeys(
@@ -118,29 +85,8 @@ export async function claimKeys(
   }
   const result = await rows<ClaimRow>(
     exec,
-    sql`with want as (
-          select w.ord::int - 1 as ord, w.identity
-          from unnest(${sql.param(identities)}::text[]) with ordinality as w(identity, ord)
-        ), locked as (
-          select w.ord, m.identity, m.lease_owner as prev_owner, m.due_at, m.due_reason
-          from want w cross join lateral (${lockMatter(namespace, kind, sql`w.identity`)}) m
-        ), claimed as (
-          ${stampLeases(namespace, kind, owner, leaseMs)}
-        )
-        select w.ord,
-          case when c.identity is not null then 'claimed'
-               when l.ord is not null then
-                 case when l.due_at is not null and l.due_at > now() and l.due_at < now() + ${EARLY_HORIZON_MS}::int * interval '1 millisecond'
-                           and l.prev_owner is null then 'early' else 'idle' end
-               when exists (select 1 from dmm.dmm_matter mm
-                            where mm.namespace = ${namespace} and mm.kind = ${kind} and mm.identity = w.identity) then 'busy'
-               else 'missing' end as status,
-          c.cache, c.generation::text, c.attempts, c.lease_epoch::text as epoch, ${REASON} as reason,
-          greatest(0, extract(epoch from (l.due_at - now())) * 1000)::float8 as due_in_ms
-        from want w
-        left join locked l on l.ord = w.ord
-        left join claimed c on c.identity = w.identity
-        order by w.ord`,
+    sql`select c.ord, c.status, c.cache, c.generation::text, c.attempts, c.epoch::text, c.reason, c.due_in_ms
+        from dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[]) c`,
   );
   return result.map((r, i) => toStatus(r, { kind, identity: identities[i]! }, owner));
 }
@@ -179,7 +125,7 @@ interface TakeRow {
 
 /**
  * Postgres-only dispatch: takes up to `limit` available outbox rows of `kind` and claims their
- * matters in the same statement. Rows whose matter is locked by another transaction stay on the
+ * matters in the same call (`dmm.take_and_claim`, migration 0003). Rows whose matter is locked by another transaction stay on the
  * outbox (retried shortly); rows whose matter is not due yet wait until it is; the rest are
  * deleted, claimed or not (a live lease's finish re-enqueues if its matter changed).
  * Returns the claimed matters and how many outbox rows were taken in all.
@@ -194,41 +140,8 @@ export async function takeAndClaim(
 ): Promise<{ claimed: ClaimedMatter[]; taken: number }> {
   const result = await rows<TakeRow & { taken: number }>(
     exec,
-    sql`with taken as (
-          select o.id, o.identity from dmm.dmm_outbox o
-          where o.namespace = ${namespace} and o.kind = ${kind} and o.available_at <= now()
-          order by o.available_at, o.id
-          limit ${limit}::int
-          for update skip locked
-        ), locked as (
-          select t.id, m.identity, m.lease_owner as prev_owner, m.due_at, m.due_reason
-          from taken t cross join lateral (${lockMatter(namespace, kind, sql`t.identity`)}) m
-        ), busy as (
-          select t.id from taken t
-          where not exists (select 1 from locked l where l.id = t.id)
-            and exists (select 1 from dmm.dmm_matter m
-                        where m.namespace = ${namespace} and m.kind = ${kind} and m.identity = t.identity)
-        ), early as (
-          select l.id, l.due_at from locked l
-          where l.prev_owner is null and l.due_at > now()
-            and l.due_at < now() + ${EARLY_HORIZON_MS}::int * interval '1 millisecond'
-        ), deferred as (
-          update dmm.dmm_outbox o set
-            available_at = coalesce((select e.due_at from early e where e.id = o.id), now() + interval '20 milliseconds'),
-            tries = o.tries + 1
-          where o.id = any(array(select id from busy union all select id from early))
-        ), gone as (
-          delete from dmm.dmm_outbox o
-          where o.id = any(array(select id from taken except select id from busy except select id from early))
-        ), claimed as (
-          ${stampLeases(namespace, kind, owner, leaseMs)}
-        )
-        select c.identity, c.cache, c.generation::text, c.attempts, c.lease_epoch::text, ${REASON} as reason,
-               (select count(*)::int from taken) as taken
-        from claimed c join locked l on l.identity = c.identity
-        union all
-        select null, null, null, null, null, null, (select count(*)::int from taken)
-        where not exists (select 1 from claimed)`,
+    sql`select t.identity, t.cache, t.generation::text, t.attempts, t.epoch::text as lease_epoch, t.reason, t.taken
+        from dmm.take_and_claim(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${limit}::int) t`,
   );
   const taken = result[0]?.taken ?? 0;
   const claimed = result

@@ -105,9 +105,24 @@ function wrap(client: postgres.Sql, owned: boolean): Database {
 }
 
 /** Runs a query and returns its rows (postgres.js returns an array-like RowList). */
+/**
+ * `DMM_TRACE=1` (a profiling aid): count every statement's calls, time and rows, and print the
+ * totals to stderr when the process exits.
+ */
+const TRACE = process.env.DMM_TRACE === "1";
+const traced = new Map<string, { n: number; ms: number; rows: number }>();
+function trace(query: SQL, ms: number, n: number): void {
+  const key = (query.queryChunks.find((c) => typeof c === "object" && c && "value" in c) as { value: string[] } | undefined)?.value.join("").replace(/\s+/g, " ").slice(0, 70) ?? "?";
+  const t = traced.get(key) ?? { n: 0, ms: 0, rows: 0 };
+  t.n++; t.ms += ms; t.rows += n;
+  traced.set(key, t);
+}
+if (TRACE) process.on("exit", () => { for (const [k, t] of traced) console.error(`${t.n}\t${t.ms.toFixed(0)}ms\t${(t.ms / t.n).toFixed(2)}ms/call\t${(t.rows / t.n).toFixed(1)} rows/call\t${k}`); });
 export async function rows<T>(exec: Executor, query: SQL): Promise<T[]> {
   try {
+    const t0 = TRACE ? performance.now() : 0;
     const result = (await exec.execute(query)) as unknown;
+    if (TRACE) trace(query, performance.now() - t0, Array.isArray(result) ? result.length : 0);
     return (Array.isArray(result) ? result : ((result as { rows?: T[] }).rows ?? [])) as T[];
   } catch (err) {
     throw asConnectionError(err);

@@ -100,48 +100,7 @@ async function finishStatement(exec: Executor, namespace: string, items: FinishI
   }));
   const done = await rows<{ ord: number; dirty: boolean }>(
     exec,
-    sql`with x as (
-          select * from jsonb_to_recordset(${jsonParam(list)}) as x(
-            ord int, owner text, identity text, epoch bigint, gen bigint, outcome text,
-            base jsonb, cache jsonb, error text, due_ms float8, due_reason text)
-        ), locked as (
-          -- Lock in key order (see the lock order note in notify.ts), one key lookup each.
-          select m.identity from (select identity from x order by identity) x
-          cross join lateral (
-            select m.identity from dmm.dmm_matter m
-            where m.namespace = ${namespace} and m.kind = ${kind} and m.identity = x.identity
-            limit 1 for update
-          ) m
-        ), done as (
-          update dmm.dmm_matter m set
-            cache = case when x.outcome <> 'ok' then m.cache
-                         when m.cache = x.base then x.cache
-                         else dmm.merge_cache(x.base, x.cache, m.cache) end,
-            observed_generation = case when x.outcome in ('ok', 'park') then x.gen else m.observed_generation end,
-            attempts = case x.outcome when 'ok' then 0 when 'release' then m.attempts else m.attempts + 1 end,
-            last_error = case x.outcome when 'ok' then null when 'release' then m.last_error else x.error end,
-            parked = case x.outcome when 'release' then m.parked else (x.outcome = 'park' and m.generation = x.gen) end,
-            due_at = case when x.outcome = 'release' then m.due_at
-                          when x.due_ms is null or (x.outcome <> 'fail' and m.generation > x.gen) then null
-                          else now() + x.due_ms * interval '1 millisecond' end,
-            due_reason = case when x.outcome = 'release' then m.due_reason
-                              when x.outcome <> 'fail' and m.generation > x.gen then null else x.due_reason end,
-            lease_owner = null, lease_until = null, updated_at = now()
-          from x
-          where m.namespace = ${namespace} and m.kind = ${kind}
-            and m.identity = any(array(select identity from locked)) and m.identity = x.identity
-            and m.lease_owner = x.owner and m.lease_epoch = x.epoch and m.lease_until > now()
-          returning x.ord, x.identity,
-            (x.outcome = 'release' or (m.generation > x.gen and (x.outcome <> 'fail' or x.due_ms is null))) as dirty
-        ), requeue as (
-          insert into dmm.dmm_outbox (namespace, kind, identity)
-          select ${namespace}::text, ${kind}::text, d.identity from done d where d.dirty order by d.identity
-          on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
-          returning kind
-        ), wake as (
-          select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from requeue) k
-        )
-        select d.ord, d.dirty, (select count(*) from wake) as woke from done d`,
+    sql`select f.ord, f.dirty from dmm.finish_runs(${namespace}, ${kind}, ${jsonParam(list)}) f`,
   );
   const results: FinishResult[] = items.map(() => ({ saved: false, dirty: false }));
   for (const row of done) results[row.ord] = { saved: true, dirty: row.dirty };

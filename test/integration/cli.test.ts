@@ -15,6 +15,11 @@ import type { Context } from "../../src/types.js";
 import { TEMPLATE_DB, TEST_DB_PREFIX, urlFor } from "../harness/env.js";
 import { useTestEnvironment } from "../harness/setup.js";
 import { waitFor } from "../harness/wait.js";
+import { expectedMigrations } from "../../src/store/migrate.js";
+
+/** The dmm migrations this version ships, and the last one. */
+const DMM_MIGRATIONS = expectedMigrations();
+const LATEST_MIGRATION = DMM_MIGRATIONS[DMM_MIGRATIONS.length - 1]!.tag;
 
 const env = useTestEnvironment();
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -278,7 +283,7 @@ describe("dmm CLI", () => {
     expect(check.code).toBe(3);
     const first = await dmm(["migrate", "--database", url]);
     expect(first.code, first.stderr).toBe(0);
-    expect(first.stdout).toContain("Applied 2 dmm migrations");
+    expect(first.stdout).toContain(`Applied ${DMM_MIGRATIONS.length} dmm migrations`);
     const [second, again] = await Promise.all([dmm(["migrate"], { DATABASE_URL: url }), dmm(["migrate", "--check", "-d", url])]);
     expect(second.stdout).toContain("already current");
     expect(again.code).toBe(0);
@@ -322,7 +327,7 @@ describe("dmm CLI", () => {
     const at = order.map((s) => r.stdout.indexOf(s));
     expect(at.every((i) => i >= 0), JSON.stringify(at)).toBe(true);
     expect([...at].sort((a, b) => a - b)).toEqual(at);
-    const latest = await dmm(["sql", "--since", "0001_outbox_trigger"]);
+    const latest = await dmm(["sql", "--since", LATEST_MIGRATION]);
     expect(latest.stdout).toContain("Nothing to apply");
     expect(latest.stdout).not.toContain("CREATE");
   });

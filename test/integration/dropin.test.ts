@@ -14,6 +14,11 @@ import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { TEMPLATE_DB, TEST_DB_PREFIX, urlFor } from "../harness/env.js";
 import { useTestEnvironment } from "../harness/setup.js";
+import { expectedMigrations } from "../../src/store/migrate.js";
+
+/** The dmm migrations this version ships, and the last one. */
+const DMM_MIGRATIONS = expectedMigrations();
+const LATEST_MIGRATION = DMM_MIGRATIONS[DMM_MIGRATIONS.length - 1]!.tag;
 
 const env = useTestEnvironment();
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -138,7 +143,7 @@ describe("drop-in for an existing Drizzle app", () => {
       env.url,
       `select (select count(*)::int from drizzle.__drizzle_migrations) as app, (select count(*)::int from dmm.dmm_migrations) as dmm`,
     );
-    expect(counts).toEqual({ app: 1, dmm: 2 });
+    expect(counts).toEqual({ app: 1, dmm: DMM_MIGRATIONS.length });
     await app(dir, env.url, "migrate"); // again: nothing to do, no error
     expect((await query(env.url, `select count(*)::int as n from drizzle.__drizzle_migrations`))[0]).toEqual({ n: 1 });
   });
@@ -231,7 +236,7 @@ describe("drop-in for an existing Drizzle app", () => {
       url,
       `select (select count(*)::int from drizzle.__drizzle_migrations) as app, (select count(*)::int from dmm.dmm_migrations) as dmm`,
     );
-    expect(counts).toEqual({ app: 2, dmm: 2 });
+    expect(counts).toEqual({ app: 2, dmm: DMM_MIGRATIONS.length });
     // open() accepts the database: dmm's bookkeeping rows came with the SQL.
     await app(single, url, "order", "s-1");
     await app(single, url, "work", "s-1");

@@ -9,10 +9,13 @@ import { randomBytes } from "node:crypto";
 import postgres from "postgres";
 import { open } from "../../src/bucket.js";
 import { SchemaVersionError } from "../../src/errors.js";
+import { expectedMigrations } from "../../src/store/migrate.js";
 import { TEST_DB_PREFIX, urlFor } from "../harness/env.js";
 import { useTestEnvironment } from "../harness/setup.js";
 
 const env = useTestEnvironment();
+const SHIPPED = expectedMigrations();
+const LATEST = SHIPPED[SHIPPED.length - 1]!.tag;
 const MIGRATE = fileURLToPath(new URL("../harness/migrate-process.ts", import.meta.url));
 
 async function withEmptyDatabase(fn: (url: string) => Promise<void>): Promise<void> {
@@ -43,10 +46,10 @@ describe("migrations", () => {
       const results = await Promise.all([1, 2, 3, 4].map(() => runMigrate(url)));
       expect(results.map((r) => r.code), results.map((r) => r.out).join("\n")).toEqual([0, 0, 0, 0]);
       const applied = results.map((r) => JSON.parse(r.out.trim()).applied as number);
-      expect(applied.reduce((a, b) => a + b, 0)).toBe(2);
+      expect(applied.reduce((a, b) => a + b, 0)).toBe(SHIPPED.length);
       const sql = postgres(url, { max: 1, onnotice: () => {} });
       const [row] = await sql`select count(*)::int as n from dmm.dmm_migrations`;
-      expect(row!.n).toBe(2);
+      expect(row!.n).toBe(SHIPPED.length);
       await sql.end();
     });
   });
@@ -71,7 +74,7 @@ describe("migrations", () => {
     await sql`delete from dmm.dmm_migrations where created_at = (select max(created_at) from dmm.dmm_migrations)`;
     const err = await open("app", { database: env.url }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(SchemaVersionError);
-    expect((err as Error).message).toMatch(/older than this version.*0001_outbox_trigger.*npx dmm migrate/s);
+    expect((err as Error).message).toMatch(new RegExp(`older than this version.*${LATEST}.*npx dmm migrate`, "s"));
     await sql`insert into dmm.dmm_migrations (hash, created_at) values ('restored', (select max(created_at) + 1 from dmm.dmm_migrations))`;
     await sql.close();
   });
@@ -85,7 +88,7 @@ describe("migrations", () => {
       await sql.end();
       const err = await open("app", { database: url }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(SchemaVersionError);
-      expect((err as Error).message).toMatch(/newer than this version.*0001_outbox_trigger.*Upgrade dmm/s);
+      expect((err as Error).message).toMatch(new RegExp(`newer than this version.*${LATEST}.*Upgrade dmm`, "s"));
     });
   });
 });

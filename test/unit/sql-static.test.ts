@@ -18,9 +18,7 @@ const SRC = fileURLToPath(new URL("../../src", import.meta.url));
 /** The reviewed uses, as `file: line of the call`, with why each is needed and safe. */
 const ALLOWED: Record<string, string> = {
   "store/claim.ts: export const CLAIMABLE = sql.raw(":
-    "a constant WHERE fragment shared by claimKeys, takeAndClaim and the sweep; no input reaches it",
-  "store/claim.ts: const REASON = sql.raw(`case when l.prev_owner is not null then 'recovery'":
-    "a constant CASE expression naming a run's reason, shared by claimKeys and takeAndClaim; no input reaches it",
+    "a constant WHERE fragment used by the sweep (the claim functions of migration 0003 spell the same condition); no input reaches it",
   "store/matter.ts: const COLUMNS = sql.raw(`namespace, kind, identity, cache, generation::text, observed_generation::text, attempts, last_error,":
     "a constant column list with the derived state, shared by readMatter and listMatters; no input reaches it",
   'store/sweep.ts: const table = relname === "dmm_outbox" ? sql.raw("dmm.dmm_outbox") : sql.raw("dmm.dmm_matter");':

@@ -1,0 +1,1 @@
+CREATE INDEX "dmm_outbox_kind_take_idx" ON "dmm"."dmm_outbox" USING btree ("namespace","kind","available_at","id");

@@ -1,0 +1,221 @@
+-- Custom migration: the claim and finish statements as plpgsql functions.
+--
+-- Why functions: each of them locks rows first (SKIP LOCKED, one primary-key lookup per key)
+-- and then updates exactly the locked row versions by ctid, in a second statement. In
+-- READ COMMITTED the second statement takes a fresh snapshot, so it sees the newest version of
+-- every row the first one locked (a notify may have committed in between), and a TID scan needs
+-- no plan choice at all: the claim stays a handful of index lookups per key whatever the
+-- statistics say (autovacuum may be off or behind; a freshly loaded table has none), where one
+-- combined statement was planned as a scan of the whole namespace and got 20x slower.
+-- One call is still one round trip and one commit for a whole batch.
+--
+-- Lock order: outbox rows before matters in take_and_claim, both SKIP LOCKED (never waits);
+-- matters in key order in finish_runs (see src/store/notify.ts).
+
+-- Postgres-only dispatch: take up to p_limit available outbox rows of one kind, oldest first,
+-- and lease their matters. Returns the claimed matters, plus one row with a null identity when
+-- none was claimed; `taken` on every row counts the outbox rows taken in all.
+CREATE FUNCTION "dmm"."take_and_claim"(p_namespace text, p_kind text, p_owner text, p_lease_ms integer, p_limit integer)
+RETURNS TABLE (identity text, cache jsonb, generation bigint, attempts integer, epoch bigint, reason text, taken integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_taken integer;
+  v_gone tid[];
+  v_defer tid[];
+  v_defer_at timestamptz[];
+  v_tids tid[];
+  v_ids text[];
+  v_reasons text[];
+BEGIN
+  WITH taken AS (
+    SELECT o.ctid AS otid, o.identity AS ident FROM "dmm"."dmm_outbox" o
+    WHERE o.namespace = p_namespace AND o.kind = p_kind AND o.available_at <= now()
+    ORDER BY o.available_at, o.id
+    LIMIT p_limit
+    FOR UPDATE SKIP LOCKED
+  ), looked AS (
+    SELECT t.otid, t.ident, l.mtid, l.prev_owner, l.due_at, l.due_reason,
+      -- Not locked but there: another transaction (a notify committing) holds it.
+      (l.mtid IS NULL AND EXISTS (
+        SELECT 1 FROM "dmm"."dmm_matter" m
+        WHERE m.namespace = p_namespace AND m.kind = p_kind AND m.identity = t.ident)) AS busy,
+      -- Locked, free, and a retry or requeue due within the horizon: keep the row until then.
+      coalesce(l.prev_owner IS NULL AND l.due_at > now() AND l.due_at < now() + interval '5 seconds', false) AS early
+    FROM taken t
+    LEFT JOIN LATERAL (
+      SELECT m.ctid AS mtid, m.lease_owner AS prev_owner, m.due_at, m.due_reason
+      FROM "dmm"."dmm_matter" m
+      WHERE m.namespace = p_namespace AND m.kind = p_kind AND m.identity = t.ident
+      LIMIT 1 FOR UPDATE SKIP LOCKED
+    ) l ON true
+  )
+  SELECT count(*)::integer,
+    coalesce(array_agg(otid) FILTER (WHERE NOT busy AND NOT early), '{}'),
+    coalesce(array_agg(otid) FILTER (WHERE busy OR early), '{}'),
+    coalesce(array_agg(CASE WHEN early THEN due_at ELSE now() + interval '20 milliseconds' END) FILTER (WHERE busy OR early), '{}'),
+    coalesce(array_agg(mtid) FILTER (WHERE mtid IS NOT NULL AND NOT early), '{}'),
+    coalesce(array_agg(ident) FILTER (WHERE mtid IS NOT NULL AND NOT early), '{}'),
+    coalesce(array_agg(CASE WHEN prev_owner IS NOT NULL THEN 'recovery'
+                            WHEN due_at IS NOT NULL THEN coalesce(due_reason, 'retry')
+                            ELSE 'notify' END) FILTER (WHERE mtid IS NOT NULL AND NOT early), '{}')
+  INTO v_taken, v_gone, v_defer, v_defer_at, v_tids, v_ids, v_reasons
+  FROM looked;
+
+  IF v_taken = 0 THEN
+    RETURN QUERY SELECT NULL::text, NULL::jsonb, NULL::bigint, NULL::integer, NULL::bigint, NULL::text, 0;
+    RETURN;
+  END IF;
+  -- Taken rows are gone whether or not their matter needs a run: a clean or parked matter needs
+  -- none, and a matter leased by a live run is re-enqueued by that run's finish if it changed.
+  DELETE FROM "dmm"."dmm_outbox" o WHERE o.ctid = ANY (v_gone);
+  IF cardinality(v_defer) > 0 THEN
+    UPDATE "dmm"."dmm_outbox" o SET available_at = d.at, tries = o.tries + 1
+    FROM unnest(v_defer, v_defer_at) AS d(t, at)
+    WHERE o.ctid = ANY (v_defer) AND o.ctid = d.t;
+  END IF;
+
+  RETURN QUERY
+  WITH claimed AS (
+    UPDATE "dmm"."dmm_matter" m SET
+      lease_owner = p_owner, lease_epoch = m.lease_epoch + 1,
+      lease_until = now() + p_lease_ms * interval '1 millisecond', updated_at = now()
+    WHERE m.ctid = ANY (v_tids)
+      AND (m.lease_owner IS NULL OR m.lease_until < now())
+      AND (CASE WHEN m.due_at IS NULL THEN m.generation > m.observed_generation ELSE m.due_at <= now() END)
+    RETURNING m.identity, m.cache, m.generation, m.attempts, m.lease_epoch
+  )
+  SELECT c.identity, c.cache, c.generation, c.attempts, c.lease_epoch, r.reason, v_taken
+  FROM claimed c JOIN unnest(v_ids, v_reasons) AS r(ident, reason) ON r.ident = c.identity
+  UNION ALL
+  SELECT NULL, NULL, NULL, NULL, NULL, NULL, v_taken WHERE NOT EXISTS (SELECT 1 FROM claimed);
+END;
+$$;
+--> statement-breakpoint
+-- Token dispatch: lease the matters named by a batch of tokens of one kind (identities without
+-- duplicates). One row per requested key, by its 0-based position `ord`, with its status:
+-- claimed, idle (nothing to do now), early (due within the horizon, in due_in_ms), busy
+-- (another transaction holds the row) or missing.
+CREATE FUNCTION "dmm"."claim_keys"(p_namespace text, p_kind text, p_owner text, p_lease_ms integer, p_identities text[])
+RETURNS TABLE (ord integer, status text, cache jsonb, generation bigint, attempts integer, epoch bigint, reason text, due_in_ms double precision)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_ords integer[];
+  v_pre text[];
+  v_tids tid[];
+  v_reasons text[];
+  v_due double precision[];
+BEGIN
+  WITH want AS (
+    SELECT w.ord::integer - 1 AS ord, w.ident FROM unnest(p_identities) WITH ORDINALITY AS w(ident, ord)
+  ), looked AS (
+    SELECT w.ord, w.ident, l.mtid, l.prev_owner, l.due_at, l.due_reason
+    FROM want w
+    LEFT JOIN LATERAL (
+      SELECT m.ctid AS mtid, m.lease_owner AS prev_owner, m.due_at, m.due_reason
+      FROM "dmm"."dmm_matter" m
+      WHERE m.namespace = p_namespace AND m.kind = p_kind AND m.identity = w.ident
+      LIMIT 1 FOR UPDATE SKIP LOCKED
+    ) l ON true
+  )
+  SELECT
+    array_agg(k.ord ORDER BY k.ord),
+    array_agg(CASE
+      WHEN k.mtid IS NOT NULL THEN
+        CASE WHEN k.prev_owner IS NULL AND k.due_at > now() AND k.due_at < now() + interval '5 seconds' THEN 'early' ELSE 'locked' END
+      WHEN EXISTS (SELECT 1 FROM "dmm"."dmm_matter" m
+                   WHERE m.namespace = p_namespace AND m.kind = p_kind AND m.identity = k.ident) THEN 'busy'
+      ELSE 'missing' END ORDER BY k.ord),
+    array_agg(k.mtid ORDER BY k.ord),
+    array_agg(CASE WHEN k.prev_owner IS NOT NULL THEN 'recovery'
+                   WHEN k.due_at IS NOT NULL THEN coalesce(k.due_reason, 'retry')
+                   ELSE 'notify' END ORDER BY k.ord),
+    array_agg(greatest(0, extract(epoch FROM (k.due_at - now())) * 1000)::double precision ORDER BY k.ord)
+  INTO v_ords, v_pre, v_tids, v_reasons, v_due
+  FROM looked k;
+
+  RETURN QUERY
+  WITH claimed AS (
+    UPDATE "dmm"."dmm_matter" m SET
+      lease_owner = p_owner, lease_epoch = m.lease_epoch + 1,
+      lease_until = now() + p_lease_ms * interval '1 millisecond', updated_at = now()
+    WHERE m.ctid = ANY (v_tids)
+      AND (m.lease_owner IS NULL OR m.lease_until < now())
+      AND (CASE WHEN m.due_at IS NULL THEN m.generation > m.observed_generation ELSE m.due_at <= now() END)
+    RETURNING m.identity, m.cache, m.generation, m.attempts, m.lease_epoch
+  )
+  SELECT k.ord,
+    CASE WHEN c.identity IS NOT NULL THEN 'claimed' WHEN k.pre = 'locked' THEN 'idle' ELSE k.pre END,
+    c.cache, c.generation, c.attempts, c.lease_epoch, k.reason,
+    CASE WHEN k.pre = 'early' THEN k.due ELSE NULL END
+  FROM unnest(v_ords, v_pre, v_reasons, v_due) AS k(ord, pre, reason, due)
+  LEFT JOIN claimed c ON c.identity = p_identities[k.ord + 1]
+  ORDER BY k.ord;
+END;
+$$;
+--> statement-breakpoint
+-- The fenced end of runs of one kind. p_items is a JSON array of
+-- {ord, owner, identity, epoch, gen, outcome, base, cache, error, due_ms, due_reason}; only a
+-- run that still holds its lease (owner, epoch, unexpired) writes anything. A matter whose
+-- generation moved during its run goes back on the outbox here, so exactly one more run
+-- follows. Returns (ord, dirty) for every saved run; a missing ord lost its lease.
+CREATE FUNCTION "dmm"."finish_runs"(p_namespace text, p_kind text, p_items jsonb)
+RETURNS TABLE (ord integer, dirty boolean)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_tids tid[];
+  v_ords integer[];
+  v_dirty boolean[];
+  v_requeue text[];
+BEGIN
+  -- Lock in key order, one key lookup each.
+  SELECT coalesce(array_agg(l.mtid), '{}') INTO v_tids
+  FROM (SELECT DISTINCT x.identity AS ident FROM jsonb_to_recordset(p_items) AS x(identity text) ORDER BY 1) k
+  CROSS JOIN LATERAL (
+    SELECT m.ctid AS mtid FROM "dmm"."dmm_matter" m
+    WHERE m.namespace = p_namespace AND m.kind = p_kind AND m.identity = k.ident
+    LIMIT 1 FOR UPDATE
+  ) l;
+
+  WITH x AS (
+    SELECT * FROM jsonb_to_recordset(p_items) AS x(
+      ord integer, owner text, identity text, epoch bigint, gen bigint, outcome text,
+      base jsonb, cache jsonb, error text, due_ms double precision, due_reason text)
+  ), done AS (
+    UPDATE "dmm"."dmm_matter" m SET
+      cache = CASE WHEN x.outcome <> 'ok' THEN m.cache
+                   WHEN m.cache = x.base THEN x.cache
+                   ELSE "dmm"."merge_cache"(x.base, x.cache, m.cache) END,
+      observed_generation = CASE WHEN x.outcome IN ('ok', 'park') THEN x.gen ELSE m.observed_generation END,
+      attempts = CASE x.outcome WHEN 'ok' THEN 0 WHEN 'release' THEN m.attempts ELSE m.attempts + 1 END,
+      last_error = CASE x.outcome WHEN 'ok' THEN NULL WHEN 'release' THEN m.last_error ELSE x.error END,
+      parked = CASE x.outcome WHEN 'release' THEN m.parked ELSE (x.outcome = 'park' AND m.generation = x.gen) END,
+      due_at = CASE WHEN x.outcome = 'release' THEN m.due_at
+                    WHEN x.due_ms IS NULL OR (x.outcome <> 'fail' AND m.generation > x.gen) THEN NULL
+                    ELSE now() + x.due_ms * interval '1 millisecond' END,
+      due_reason = CASE WHEN x.outcome = 'release' THEN m.due_reason
+                        WHEN x.outcome <> 'fail' AND m.generation > x.gen THEN NULL ELSE x.due_reason END,
+      lease_owner = NULL, lease_until = NULL, updated_at = now()
+    FROM x
+    WHERE m.ctid = ANY (v_tids) AND m.identity = x.identity
+      AND m.lease_owner = x.owner AND m.lease_epoch = x.epoch AND m.lease_until > now()
+    RETURNING x.ord, m.identity,
+      (x.outcome = 'release' OR (m.generation > x.gen AND (x.outcome <> 'fail' OR x.due_ms IS NULL))) AS dirty
+  )
+  SELECT coalesce(array_agg(d.ord), '{}'), coalesce(array_agg(d.dirty), '{}'),
+         coalesce(array_agg(d.identity ORDER BY d.identity) FILTER (WHERE d.dirty), '{}')
+  INTO v_ords, v_dirty, v_requeue
+  FROM done d;
+
+  IF cardinality(v_requeue) > 0 THEN
+    INSERT INTO "dmm"."dmm_outbox" (namespace, kind, identity)
+    SELECT p_namespace, p_kind, r.ident FROM unnest(v_requeue) WITH ORDINALITY AS r(ident, n) ORDER BY r.n
+    ON CONFLICT (namespace, kind, identity) DO UPDATE SET bumps = "dmm"."dmm_outbox".bumps + 1;
+    PERFORM pg_notify('dmm_outbox', p_namespace || ':' || p_kind);
+  END IF;
+
+  RETURN QUERY SELECT u.ord, u.dirty FROM unnest(v_ords, v_dirty) AS u(ord, dirty);
+END;
+$$;
