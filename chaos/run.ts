@@ -20,7 +20,7 @@
  * violation); 130: interrupted. Worker logs are removed at the end unless the run had
  * violations or `--keep-logs` was given (the kept directory is printed).
  */
-import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { appendFile, cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir, cpus, totalmem } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -402,6 +402,17 @@ async function main(): Promise<number> {
         if (nsNames.reduce((n, ns) => n + last[ns]!.total - last[ns]!.done, 0) <= 5) {
           lastToConverge = await withTimeout(unconvergedMatters(admin, nsNames, 5), 5_000);
         }
+        // Slow to converge: what every backend is doing (lock waits, idle in transaction), kept
+        // with the logs to tell a stuck run from a lost wakeup.
+        if (Date.now() - healedAt > 3_000) {
+          const activity = await withTimeout(
+            admin`select clock_timestamp()::text as at, pid, application_name as app, state, wait_event_type as wait_type, wait_event as wait,
+                         xact_start::text as xact_start, query_start::text as query_start, left(query, 160) as query
+                  from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid() and state is distinct from 'idle'`,
+            5_000,
+          );
+          await appendFile(path.join(logDir, "activity.jsonl"), `${JSON.stringify({ at: new Date().toISOString(), backends: activity })}\n`);
+        }
       } catch {
         /* the probe itself may hit a connection killed by the last fault; try again */
       }
@@ -466,6 +477,10 @@ async function main(): Promise<number> {
       }
       if (records.length > 0) await writeFile(path.join(logDir, "violations.json"), JSON.stringify({ checks: checks.filter((c) => c.violations > 0), records }, null, 1));
       await writeFile(path.join(logDir, "last-to-converge.json"), JSON.stringify({ healedAt: new Date(healedAt).toISOString(), lastToConverge }, null, 1));
+      // The whole record, one row a line, for questions the summaries above do not answer.
+      const dump = async (file: string, rows: readonly unknown[]) => writeFile(path.join(logDir, file), rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+      await dump("ledger.jsonl", await admin`select * from chaos.ledger order by namespace, identity, started_at`);
+      await dump("matters.jsonl", await admin`select namespace, identity, generation, observed_generation, lease_owner, lease_epoch, lease_until, due_at, dispatched_at, attempts, last_error, updated_at from dmm.dmm_matter order by namespace, identity`);
     }
     const crashes = fleet.unexpectedExits;
 
