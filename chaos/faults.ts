@@ -279,7 +279,8 @@ export class FaultInjector {
       fleet.send(slot, { type: "disarm" });
       return this.#miss(kind, "no token published within 8 s");
     }
-    const rowId = Number(msg.msgId.slice(msg.msgId.lastIndexOf(":") + 1));
+    // msgID `<namespace>:<row id>` (a `:<bumps>` suffix would be fine too); chaos namespaces have no colon.
+    const rowId = Number(msg.msgId.split(":")[1]);
     const proxy = fleet.slots[slot]!.pgProxy;
     if (how === "self") {
       await fleet.kill(slot, undefined, true);
@@ -297,7 +298,10 @@ export class FaultInjector {
       proxy.setMode("forward");
     }
     fleet.scheduleRestart(slot, r.between(300, 2_000));
-    return { slots: [slot], detail: `outbox row ${rowId} of ${msg.namespace} ${present === null ? "unknown" : present ? "left behind" : "already gone"}` };
+    return {
+      slots: [slot],
+      detail: `outbox row ${rowId} of ${msg.namespace}${msg.identity ? ` (${msg.identity}, one of the batch)` : ""} ${present === null ? "unknown" : present ? "left behind" : "already gone"}`,
+    };
   }
 
   async #outboxRowPresent(id: number): Promise<boolean | null> {

@@ -226,7 +226,7 @@ export type WorkerMessage =
   | { type: "ready"; openMs: number }
   | { type: "stats"; buckets: Record<string, BucketCounters> }
   /** The relay's publish was acknowledged by JetStream and the process now stops before deleting the outbox row. */
-  | { type: "published"; namespace: string; msgId: string; how: RelayKillHow }
+  | { type: "published"; namespace: string; msgId: string; how: RelayKillHow; /** The token's identity (from its subject). */ identity?: string }
   /** The relay hook found nothing to hook in this process: relay kills cannot land here. */
   | { type: "hook-missing" };
 

@@ -92,21 +92,23 @@ function hookRelay(namespace: string, bucket: Bucket): void {
   if (!nc) return;
   const tokenPrefix = `dmm.${namespace}.`;
   const stream = `dmm_${namespace}`;
-  /** Reply subject → Nats-Msg-Id of this bucket's token publishes, until their PubAck arrives. */
-  const inFlight = new Map<string, string>();
+  /** Reply subject → Nats-Msg-Id and identity of this bucket's token publishes, until their PubAck arrives. */
+  const inFlight = new Map<string, { msgId: string; identity: string }>();
+  /** The identity a token subject names (`dmm.<namespace>.<kind>.<base64url identity>`). */
+  const identityOf = (subject: string) => Buffer.from(subject.slice(subject.lastIndexOf(".") + 1), "base64url").toString("utf8");
   const publish = nc.publish.bind(nc);
   nc.publish = (subject, data, opts) => {
     const isToken = subject.startsWith(tokenPrefix) && opts?.reply !== undefined;
     const msgId = opts?.headers?.get("Nats-Msg-Id") ?? "";
     if (isToken) {
-      inFlight.set(opts!.reply!, msgId);
+      inFlight.set(opts!.reply!, { msgId, identity: identityOf(subject) });
       if (inFlight.size > 50_000) inFlight.clear();
     }
     if (isToken && armed === "blocked") {
       armed = null;
       void new Promise<void>((r) => {
         resume = r;
-        send({ type: "published", namespace, msgId, how: "blocked" });
+        send({ type: "published", namespace, msgId, how: "blocked", identity: identityOf(subject) });
       }).then(() => publish(subject, data, opts));
       return;
     }
@@ -119,8 +121,8 @@ function hookRelay(namespace: string, bucket: Bucket): void {
     const callback = sub.callback.bind(sub);
     sub.callback = (err, msg) => {
       callback(err, msg);
-      const msgId = err ? undefined : inFlight.get(msg.subject);
-      if (msgId === undefined) return;
+      const published = err ? undefined : inFlight.get(msg.subject);
+      if (published === undefined) return;
       inFlight.delete(msg.subject);
       if (armed !== "self") return;
       let ack: { stream?: string; seq?: number; error?: unknown; duplicate?: boolean };
@@ -131,7 +133,7 @@ function hookRelay(namespace: string, bucket: Bucket): void {
       }
       if (ack.error || ack.stream !== stream || typeof ack.seq !== "number" || ack.duplicate) return;
       armed = null;
-      writeFileSync(config!.killFile, JSON.stringify({ type: "published", namespace, msgId, how: "self" }));
+      writeFileSync(config!.killFile, JSON.stringify({ type: "published", namespace, msgId: published.msgId, identity: published.identity, how: "self" }));
       process.kill(process.pid, "SIGKILL");
     };
     hooked++;
