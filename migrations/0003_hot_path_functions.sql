@@ -7,7 +7,10 @@
 -- no plan choice at all: the claim stays a handful of index lookups per key whatever the
 -- statistics say (autovacuum may be off or behind; a freshly loaded table has none), where one
 -- combined statement was planned as a scan of the whole namespace and got 20x slower.
--- One call is still one round trip and one commit for a whole batch.
+-- One call is still one round trip and one commit for a whole batch. `enable_seqscan = off`
+-- for the call: on a table of a few hundred pages the planner prices a TID scan of 256 rows
+-- (random reads) above a sequential scan of the whole table, which then costs more than the
+-- rest of the claim together; every statement here is a key or TID lookup by design.
 --
 -- Lock order: outbox rows before matters in take_and_claim, both SKIP LOCKED (never waits);
 -- matters in key order in finish_runs (see src/store/notify.ts).
@@ -17,7 +20,7 @@
 -- none was claimed; `taken` on every row counts the outbox rows taken in all.
 CREATE FUNCTION "dmm"."take_and_claim"(p_namespace text, p_kind text, p_owner text, p_lease_ms integer, p_limit integer)
 RETURNS TABLE (identity text, cache jsonb, generation bigint, attempts integer, epoch bigint, reason text, taken integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
   v_taken integer;
@@ -98,7 +101,7 @@ $$;
 -- (another transaction holds the row) or missing.
 CREATE FUNCTION "dmm"."claim_keys"(p_namespace text, p_kind text, p_owner text, p_lease_ms integer, p_identities text[])
 RETURNS TABLE (ord integer, status text, cache jsonb, generation bigint, attempts integer, epoch bigint, reason text, due_in_ms double precision)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
   v_ords integer[];
@@ -162,7 +165,7 @@ $$;
 -- follows. Returns (ord, dirty) for every saved run; a missing ord lost its lease.
 CREATE FUNCTION "dmm"."finish_runs"(p_namespace text, p_kind text, p_items jsonb)
 RETURNS TABLE (ord integer, dirty boolean)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
   v_tids tid[];

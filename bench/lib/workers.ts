@@ -64,7 +64,9 @@ export class WorkerProcess {
       this.rejectFailure = reject;
     });
     this.failure.catch(() => {}); // observed through waits; never an unhandled rejection
-    this.child = spawn(process.execPath, ["--import", "tsx", script], {
+    // BENCH_CPU_PROF=<dir>: each worker child writes a V8 CPU profile there when it exits.
+    const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+    this.child = spawn(process.execPath, [...profile, "--import", "tsx", script], {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
       env: process.env,
     });
