@@ -215,10 +215,28 @@ BEGIN
   IF cardinality(v_requeue) > 0 THEN
     INSERT INTO "dmm"."dmm_outbox" (namespace, kind, identity)
     SELECT p_namespace, p_kind, r.ident FROM unnest(v_requeue) WITH ORDINALITY AS r(ident, n) ORDER BY r.n
-    ON CONFLICT (namespace, kind, identity) DO UPDATE SET bumps = "dmm"."dmm_outbox".bumps + 1;
+    ON CONFLICT (namespace, kind, identity) DO UPDATE
+      SET bumps = "dmm"."dmm_outbox".bumps + 1, available_at = least("dmm"."dmm_outbox".available_at, now());
     PERFORM pg_notify('dmm_outbox', p_namespace || ':' || p_kind);
   END IF;
 
   RETURN QUERY SELECT u.ord, u.dirty FROM unnest(v_ords, v_dirty) AS u(ord, dirty);
+END;
+$$;
+--> statement-breakpoint
+-- A notify that finds its identity's outbox row already there bumps it and makes it available
+-- at once: the row may be one a relay took (hidden for RELAY_INFLIGHT_MS while it publishes)
+-- and that relay may be dead, or a row deferred for a busy token; the new generation must not
+-- wait for either. The bump also changes the token's msgID (see src/bucket.ts), so JetStream
+-- does not drop the re-publish as a duplicate of the token the row had before.
+CREATE OR REPLACE FUNCTION "dmm"."tg_dmm_matter__outbox"() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO "dmm"."dmm_outbox" ("namespace", "kind", "identity")
+  VALUES (NEW."namespace", NEW."kind", NEW."identity")
+  ON CONFLICT ("namespace", "kind", "identity") DO UPDATE
+    SET "bumps" = "dmm_outbox"."bumps" + 1, "available_at" = least("dmm_outbox"."available_at", now());
+  -- Postgres folds identical notifications of one transaction into one.
+  PERFORM pg_notify('dmm_outbox', NEW."namespace" || ':' || NEW."kind");
+  RETURN NULL;
 END;
 $$;

@@ -14,6 +14,7 @@ import {
   claimKeys,
   enqueueMatters,
   finishRuns,
+  guardedTransaction,
   holdLease,
   nextOutboxInMs,
   nextRelayInMs,
@@ -418,7 +419,10 @@ class BucketImpl implements Bucket, BucketInternals {
     let failed = false;
     const result = await relayOutbox(this.db.db, this.namespace, this.options.relayBatchSize, async (batch) => {
       const { results, errors } = await tokens.publish(
-        batch.map((r) => ({ kind: r.kind, identity: r.identity, msgId: `${this.namespace}:${r.id}` })),
+        // Unique per enqueue: a bumped row is a new token, and a database re-created with the
+        // same namespace (row ids start over) never collides with the old one's tokens within
+        // JetStream's duplicate window. A dead relay's plain retry is still a duplicate.
+        batch.map((r) => ({ kind: r.kind, identity: r.identity, msgId: `${this.namespace}:${r.id}:${r.bumps}:${r.born}` })),
       );
       if (errors.length > 0) {
         failed = errors.length === batch.length;
@@ -463,7 +467,7 @@ class BucketImpl implements Bucket, BucketInternals {
         prepareTouch: (cls, identity) => this.#prepareTouch(cls, identity),
         readMatter: (cls, identity) => this.matter(cls, identity),
         fencedTransaction: (lease, fn) =>
-          db.transaction(async (tx) => {
+          guardedTransaction(db, async (tx) => {
             if (!(await holdLease(tx, namespace, lease))) {
               throw new LeaseLostError(
                 `ctx.transaction refused: this run of ${lease.kind} ${JSON.stringify(lease.identity)} no longer holds its lease, so its writes must not commit.`,
@@ -481,7 +485,7 @@ class BucketImpl implements Bucket, BucketInternals {
         deadWorkerCheckMs: options.deadWorkerCheckMs,
         shutdownGraceMs: options.shutdownGraceMs,
         openSession: () => registerWorker(this.db.client, namespace, randomUUID()),
-        finish: (items) => finishRuns(db, namespace, items),
+        finish: (items) => finishRuns({ execute: db.execute.bind(db), transaction: <T>(fn: (tx: DrizzleExecutor) => Promise<T>) => guardedTransaction(db, fn) }, namespace, items),
         enqueue: (keys) => enqueueMatters(db, namespace, keys),
         sweep: () => sweepMatters(db, namespace, options.sweepIntervalMs, 1_000),
         maintain: () => vacuumIfBloated(db),

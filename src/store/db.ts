@@ -5,6 +5,7 @@
 import postgres from "postgres";
 import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
 import { sql, type SQL } from "drizzle-orm";
+import { setTimeout as delay } from "node:timers/promises";
 import { ConfigError, ConnectionError } from "../errors.js";
 import type { DrizzleExecutor } from "../types.js";
 
@@ -152,4 +153,60 @@ export function jsonParam(value: unknown): SQL {
 /** Hides the password of a connection URL in messages. */
 export function redact(url: string): string {
   return url.replace(/(:\/\/[^:/@]*:)[^@]*@/, "$1***@");
+}
+
+/** postgres.js error codes of a lost connection. */
+const CONNECTION_LOSS = /^(CONNECTION_CLOSED|CONNECTION_DESTROYED|CONNECTION_ENDED|ECONNRESET|EPIPE|ETIMEDOUT)$/;
+
+/** A stand-in for a postgres.js query that rejects: awaitable, with `.values()` (Drizzle uses both). */
+function rejectedQuery(err: Error): PromiseLike<never> & { values(): Promise<never> } {
+  return {
+    then: (onFulfilled, onRejected) => Promise.reject(err).then(onFulfilled, onRejected),
+    values: () => Promise.reject(err),
+  };
+}
+
+/**
+ * `db.transaction(fn)` that survives losing its connection. postgres.js 3.4.9
+ * (porsager/postgres#1208, unreleased fix) then writes the transaction's ROLLBACK or next
+ * statement to a closed socket from a setImmediate, which throws and ends the process; or, if
+ * the pool reconnected the same connection object meanwhile, runs the next statement on the
+ * new session in autocommit, outside the transaction (and outside any fence it checked).
+ * So: once the transaction has failed, its handle refuses statements with CONNECTION_CLOSED;
+ * and a callback that failed because the connection was lost never settles, so postgres.js
+ * never writes its own ROLLBACK or COMMIT to the dead connection (the pending callback holds
+ * only its closure and is collected with it). A loss-like error on a connection that is still
+ * alive (the transaction has not failed within `graceMs`, default 1 s) is rethrown as usual.
+ */
+export async function guardedTransaction<T>(db: PostgresJsDatabase, fn: (tx: Executor) => Promise<T>, graceMs = 1_000): Promise<T> {
+  let lost = false;
+  let settled: Promise<void> | undefined;
+  const never = new Promise<never>(() => {});
+  const run = db.transaction(async (tx) => {
+    const scoped = (tx as unknown as { session: { client: postgres.Sql } }).session.client;
+    const unsafe = scoped.unsafe.bind(scoped);
+    (scoped as { unsafe: unknown }).unsafe = (...args: Parameters<postgres.Sql["unsafe"]>) =>
+      lost
+        ? rejectedQuery(Object.assign(new Error("The transaction's connection to Postgres was lost."), { code: "CONNECTION_CLOSED" }))
+        : unsafe(...args);
+    let result: T;
+    try {
+      result = await fn(tx);
+    } catch (err) {
+      const cause = (err as { cause?: unknown } | null)?.cause ?? err;
+      if (!CONNECTION_LOSS.test(String((cause as { code?: unknown } | null)?.code))) throw err;
+      await Promise.race([settled, delay(graceMs)]);
+      if (lost) return never;
+      throw err;
+    }
+    if (lost) return never;
+    return result;
+  });
+  settled = run.then(
+    () => {},
+    () => {
+      lost = true;
+    },
+  );
+  return run;
 }

@@ -14,6 +14,8 @@ export interface OutboxRow {
   tries: number;
   /** The row's bump count when taken; a changed count means a notify landed meanwhile. */
   bumps: number;
+  /** When the row was created, in µs since the epoch (as text): with id and bumps, the token's msgID. */
+  born: string;
 }
 
 /** What the publisher made of one row: dispatched, refused because a token is pending, or failed. */
@@ -31,7 +33,8 @@ export const RELAY_INFLIGHT_MS = 10_000;
  * each dispatched row unless a notify bumped it meanwhile (that one is made available again),
  * and defers refused rows with a capped exponential delay (20 ms, 40 ms, … 1 s). A relay that
  * dies mid-round leaves its rows to reappear after the in-flight time; their re-publish carries
- * the same msgID, which JetStream drops as a duplicate.
+ * the same msgID (row id, bumps, creation time), which JetStream drops as a duplicate, unless a
+ * notify bumped the row meanwhile: that makes the row available at once and its msgID new.
  */
 export async function relayOutbox(
   db: Executor,
@@ -40,7 +43,7 @@ export async function relayOutbox(
   publish: (batch: OutboxRow[]) => Promise<DispatchResult[]>,
 ): Promise<{ taken: number; dispatched: number; deferred: number }> {
   const batch = (
-    await rows<{ id: string; kind: string; identity: string; tries: number; bumps: number }>(
+    await rows<{ id: string; kind: string; identity: string; tries: number; bumps: number; born: string }>(
       db,
       sql`update dmm.dmm_outbox o set available_at = now() + ${RELAY_INFLIGHT_MS}::int * interval '1 millisecond'
           where o.id in (
@@ -48,9 +51,10 @@ export async function relayOutbox(
             where namespace = ${namespace} and available_at <= now()
             order by available_at, id limit ${limit}::int
             for update skip locked)
-          returning o.id::text, o.kind, o.identity, o.tries, o.bumps`,
+          returning o.id::text, o.kind, o.identity, o.tries, o.bumps,
+            (extract(epoch from o.created_at) * 1000000)::bigint::text as born`,
     )
-  ).map((r) => ({ id: Number(r.id), kind: r.kind, identity: r.identity, tries: r.tries, bumps: r.bumps }));
+  ).map((r) => ({ id: Number(r.id), kind: r.kind, identity: r.identity, tries: r.tries, bumps: r.bumps, born: r.born }));
   if (batch.length === 0) return { taken: 0, dispatched: 0, deferred: 0 };
   const results = await publish(batch);
   const settle = batch.map((row, i) => ({

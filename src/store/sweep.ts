@@ -29,7 +29,8 @@ export async function sweepMatters(exec: Executor, namespace: string, graceMs: n
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, c.kind, c.identity from c order by c.kind, c.identity
-          on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
+          on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1,
+            available_at = least(dmm.dmm_outbox.available_at, now())
           returning kind
         ), wake as (
           select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) k
@@ -77,7 +78,8 @@ export async function reapDeadWorkers(
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, e.kind, e.identity from expired e order by e.kind, e.identity
-          on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1
+          on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1,
+            available_at = least(dmm.dmm_outbox.available_at, now())
           returning kind
         ), wake as (
           select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) k
