@@ -300,7 +300,7 @@ export class FaultInjector {
     fleet.scheduleRestart(slot, r.between(300, 2_000));
     return {
       slots: [slot],
-      detail: `outbox row ${rowId} of ${msg.namespace}${msg.identity ? ` (${msg.identity}, one of the batch)` : ""} ${present === null ? "unknown" : present ? "left behind" : "already gone"}`,
+      detail: `outbox row ${rowId} of ${msg.namespace}${msg.identity ? ` (${msg.identity})` : ""} ${present === null ? "unknown" : present ? "left behind" : "already gone"}`,
     };
   }
 
