@@ -19,12 +19,14 @@
  *    reports when a token for `a` next exists in the stream.
  * Expected: a token within about a relay round of step 4. Observed: see the output.
  *
- * `--fixed` tries the fix proposed to the engine: the outbox trigger makes a bumped row
- * available at once (`available_at = least(available_at, now())`), and the relay's msgID
- * carries the bump count (`<namespace>:<row id>:<bumps>`), so a re-publish after a notify is a
- * new token while a dead relay's plain retry is still dropped as a duplicate.
+ * Fixed by 24dd7ba: every outbox upsert makes a bumped row available at once
+ * (`available_at = least(available_at, now())`) and the relay's msgID carries the bump count and
+ * the row's creation time (`<namespace>:<row id>:<bumps>:<born>`, src/bucket.ts), so a re-publish
+ * after a notify is a new token while a dead relay's plain retry is still dropped as a
+ * duplicate. By default the script runs dmm as it is now; `--old` restores the trigger of
+ * migration 0001 and the old msgID (`<namespace>:<row id>`) to show the bug.
  *
- * Run: `npx tsx --conditions=dmm-source chaos/repro/relay-bump-duplicate.ts [--fixed]` (own
+ * Run: `npx tsx --conditions=dmm-source chaos/repro/relay-bump-duplicate.ts [--old]` (own
  * private Postgres and nats-server).
  */
 import { setTimeout as delay } from "node:timers/promises";
@@ -51,15 +53,14 @@ interface Internals {
 }
 
 const NS = "repro";
-const FIXED = process.argv.includes("--fixed");
-/** The trigger of migration 0001 with the proposed change: a bumped row is available at once. */
-const FIXED_TRIGGER = sql.raw(`
+const OLD = process.argv.includes("--old");
+/** The outbox trigger as migration 0001 created it, before 24dd7ba: a bump left `available_at` alone. */
+const OLD_TRIGGER = sql.raw(`
   CREATE OR REPLACE FUNCTION "dmm"."tg_dmm_matter__outbox"() RETURNS trigger LANGUAGE plpgsql AS $$
   BEGIN
     INSERT INTO "dmm"."dmm_outbox" ("namespace", "kind", "identity")
     VALUES (NEW."namespace", NEW."kind", NEW."identity")
-    ON CONFLICT ("namespace", "kind", "identity") DO UPDATE
-      SET "bumps" = "dmm_outbox"."bumps" + 1, "available_at" = least("dmm_outbox"."available_at", now());
+    ON CONFLICT ("namespace", "kind", "identity") DO UPDATE SET "bumps" = "dmm_outbox"."bumps" + 1;
     PERFORM pg_notify('dmm_outbox', NEW."namespace" || ':' || NEW."kind");
     RETURN NULL;
   END;
@@ -80,10 +81,11 @@ try {
       bumps: number;
       available_in_ms: number;
     }[];
-  const msgId = (r: OutboxRow) => (FIXED ? `${NS}:${r.id}:${r.bumps}` : `${NS}:${r.id}`);
+  // The relay's msgID, as src/bucket.ts builds it (before 24dd7ba: namespace and row id only).
+  const msgId = (r: OutboxRow) => (OLD ? `${NS}:${r.id}` : `${NS}:${r.id}:${r.bumps}:${r.born}`);
   const publish = async (batch: OutboxRow[]) => (await tokens.publish(batch.map((r) => ({ kind: r.kind, identity: r.identity, msgId: msgId(r) })))).results as ("ok" | "busy" | "error")[];
-  if (FIXED) await db.execute(FIXED_TRIGGER);
-  console.log(FIXED ? "with the proposed fix (trigger and msgID)" : "dmm as it is");
+  if (OLD) await db.execute(OLD_TRIGGER);
+  console.log(OLD ? "dmm before 24dd7ba (old trigger and msgID)" : "dmm as it is");
 
   await bucket.notify(Object.assign(new Unit(), { id: "a" }));
   const [row] = await outbox();

@@ -17,7 +17,8 @@
  *
  * Variants: `plain` (the driver as installed), `patched` (PG_DRIVER points at a copy of the
  * driver with the guard of .tmp/chaos-findings.md), `guarded` (`guardedTransaction` below: the
- * dmm-side workaround proposed for src/store/db.ts). Every variant goes through Drizzle, as dmm does.
+ * dmm-side workaround as proposed), `dmm` (`guardedTransaction` of src/store/db.ts, in dmm since
+ * 24dd7ba). Every variant goes through Drizzle, as dmm does.
  *
  * Run: `npx tsx --conditions=dmm-source chaos/repro/terminated-transaction-paths.ts`
  * (optionally `PG_DRIVER=/path/to/patched/postgres/src/index.js`).
@@ -28,10 +29,11 @@ import { setTimeout as delay } from "node:timers/promises";
 import postgres from "postgres";
 import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
 import { sql } from "drizzle-orm";
+import { guardedTransaction as dmmGuardedTransaction } from "../../src/store/db.js";
 import { startPostgresServer } from "../lib/index.js";
 
 type Case = "in-flight" | "between" | "stale-after-reconnect";
-type Variant = "plain" | "patched" | "guarded";
+type Variant = "plain" | "patched" | "guarded" | "dmm";
 
 /** postgres.js connection-loss codes: the transaction's own connection may be gone. */
 const LOSS = /^(CONNECTION_CLOSED|CONNECTION_DESTROYED|CONNECTION_ENDED|ECONNRESET|EPIPE|ETIMEDOUT)$/;
@@ -104,7 +106,12 @@ async function child(url: string, c: Case, variant: Variant): Promise<void> {
   });
   await admin`create table if not exists repro_t (v int)`;
   await admin`truncate repro_t`;
-  const transaction = <T>(fn: (tx: PgTx) => Promise<T>): Promise<T> => (variant === "guarded" ? guardedTransaction(db, fn) : db.transaction(fn));
+  const transaction = <T>(fn: (tx: PgTx) => Promise<T>): Promise<T> =>
+    variant === "guarded"
+      ? guardedTransaction(db, fn)
+      : variant === "dmm"
+        ? dmmGuardedTransaction(db, fn as unknown as Parameters<typeof dmmGuardedTransaction<T>>[1])
+        : db.transaction(fn);
   let outcome: string;
   try {
     await transaction(async (tx) => {
@@ -148,7 +155,7 @@ if (process.env.REPRO_CHILD) {
   process.exit(0);
 } else {
   const pg = await startPostgresServer();
-  const variants: Variant[] = process.env.PG_DRIVER ? ["plain", "patched", "guarded"] : ["plain", "guarded"];
+  const variants: Variant[] = process.env.PG_DRIVER ? ["plain", "patched", "guarded", "dmm"] : ["plain", "guarded", "dmm"];
   try {
     for (const c of ["in-flight", "between", "stale-after-reconnect"] as Case[]) {
       for (const variant of variants) {
