@@ -34,6 +34,7 @@ BEGIN
   WITH taken AS (
     SELECT o.ctid AS otid, o.identity AS ident FROM "dmm"."dmm_outbox" o
     WHERE o.namespace = p_namespace AND o.kind = p_kind AND o.available_at <= now()
+      AND (o.relay_until IS NULL OR o.relay_until <= now())
     ORDER BY o.available_at, o.id
     LIMIT p_limit
     FOR UPDATE SKIP LOCKED
@@ -216,7 +217,7 @@ BEGIN
     INSERT INTO "dmm"."dmm_outbox" (namespace, kind, identity)
     SELECT p_namespace, p_kind, r.ident FROM unnest(v_requeue) WITH ORDINALITY AS r(ident, n) ORDER BY r.n
     ON CONFLICT (namespace, kind, identity) DO UPDATE
-      SET bumps = "dmm"."dmm_outbox".bumps + 1, available_at = least("dmm"."dmm_outbox".available_at, now());
+      SET bumps = "dmm"."dmm_outbox".bumps + 1, available_at = least("dmm"."dmm_outbox".available_at, now()), relay_until = NULL;
     PERFORM pg_notify('dmm_outbox', p_namespace || ':' || p_kind);
   END IF;
 
@@ -225,18 +226,113 @@ END;
 $$;
 --> statement-breakpoint
 -- A notify that finds its identity's outbox row already there bumps it and makes it available
--- at once: the row may be one a relay took (hidden for RELAY_INFLIGHT_MS while it publishes)
--- and that relay may be dead, or a row deferred for a busy token; the new generation must not
--- wait for either. The bump also changes the token's msgID (see src/bucket.ts), so JetStream
+-- at once: the row may be one a relay took (relay_until: hidden for RELAY_INFLIGHT_MS while it
+-- publishes) and that relay may be dead, or a row deferred for a busy token; the new
+-- generation must not wait for either. The bump also changes the token's msgID (see src/bucket.ts), so JetStream
 -- does not drop the re-publish as a duplicate of the token the row had before.
 CREATE OR REPLACE FUNCTION "dmm"."tg_dmm_matter__outbox"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO "dmm"."dmm_outbox" ("namespace", "kind", "identity")
   VALUES (NEW."namespace", NEW."kind", NEW."identity")
   ON CONFLICT ("namespace", "kind", "identity") DO UPDATE
-    SET "bumps" = "dmm_outbox"."bumps" + 1, "available_at" = least("dmm_outbox"."available_at", now());
+    SET "bumps" = "dmm_outbox"."bumps" + 1, "available_at" = least("dmm_outbox"."available_at", now()), "relay_until" = NULL;
   -- Postgres folds identical notifications of one transaction into one.
   PERFORM pg_notify('dmm_outbox', NEW."namespace" || ':' || NEW."kind");
   RETURN NULL;
+END;
+$$;
+--> statement-breakpoint
+-- The relay's take: up to p_limit available rows of the namespace, shared evenly among its
+-- kinds (walked with a skip scan of dmm_outbox_take_idx, so a kind with a huge backlog does not
+-- starve the others), each kind oldest first. The rows are marked in flight for
+-- p_inflight_ms (relay_until, not indexed: a HOT update), because no transaction spans the
+-- publish. `more` is true when some kind filled its share (the relay should take again).
+CREATE FUNCTION "dmm"."relay_take"(p_namespace text, p_limit integer, p_inflight_ms integer)
+RETURNS TABLE (id bigint, kind text, identity text, tries integer, bumps integer, born text, more boolean)
+LANGUAGE plpgsql SET enable_seqscan = off AS $$
+#variable_conflict use_column
+DECLARE
+  v_kinds text[];
+  v_share integer;
+  v_tids tid[];
+  v_more boolean;
+BEGIN
+  WITH RECURSIVE k AS (
+    (SELECT o.kind AS k FROM "dmm"."dmm_outbox" o WHERE o.namespace = p_namespace ORDER BY o.kind LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.kind FROM "dmm"."dmm_outbox" o WHERE o.namespace = p_namespace AND o.kind > k.k ORDER BY o.kind LIMIT 1)
+    FROM k WHERE k.k IS NOT NULL
+  )
+  SELECT array_agg(k.k) INTO v_kinds FROM k WHERE k.k IS NOT NULL;
+  IF v_kinds IS NULL THEN
+    RETURN;
+  END IF;
+  v_share := greatest(1, ceil(p_limit::numeric / cardinality(v_kinds)))::integer;
+
+  SELECT coalesce(array_agg(t.otid), '{}'), coalesce(bool_or(t.n = v_share), false)
+  INTO v_tids, v_more
+  FROM (
+    SELECT r.otid, count(*) OVER (PARTITION BY kk.kind) AS n
+    FROM unnest(v_kinds) AS kk(kind)
+    CROSS JOIN LATERAL (
+      SELECT o.ctid AS otid FROM "dmm"."dmm_outbox" o
+      WHERE o.namespace = p_namespace AND o.kind = kk.kind AND o.available_at <= now()
+        AND (o.relay_until IS NULL OR o.relay_until <= now())
+      ORDER BY o.available_at, o.id
+      LIMIT v_share
+      FOR UPDATE SKIP LOCKED
+    ) r
+  ) t;
+
+  RETURN QUERY
+  UPDATE "dmm"."dmm_outbox" o SET relay_until = now() + p_inflight_ms * interval '1 millisecond'
+  WHERE o.ctid = ANY (v_tids)
+  RETURNING o.id, o.kind, o.identity, o.tries, o.bumps,
+    (extract(epoch FROM o.created_at) * 1000000)::bigint::text, v_more;
+END;
+$$;
+--> statement-breakpoint
+-- The relay's settle after a publish. p_items is a JSON array of {id, bumps, ok, ms}: a
+-- dispatched row is deleted unless a notify bumped it meanwhile (that one is made available
+-- again, for another token); a refused or failed row waits `ms` and counts a try. Rows are
+-- locked in key order (the order of the outbox trigger's upserts). Returns how many rows were
+-- deleted and how many kept.
+CREATE FUNCTION "dmm"."relay_settle"(p_namespace text, p_items jsonb)
+RETURNS TABLE (gone integer, kept integer)
+LANGUAGE plpgsql SET enable_seqscan = off AS $$
+#variable_conflict use_column
+DECLARE
+  v_tids tid[];
+  v_gone bigint[];
+  v_kept integer;
+BEGIN
+  SELECT coalesce(array_agg(l.otid), '{}') INTO v_tids
+  FROM (
+    SELECT o.id AS oid FROM jsonb_to_recordset(p_items) AS x(id bigint)
+    CROSS JOIN LATERAL (SELECT o.id, o.kind, o.identity FROM "dmm"."dmm_outbox" o WHERE o.id = x.id) o
+    ORDER BY o.kind, o.identity
+  ) s
+  CROSS JOIN LATERAL (
+    SELECT o.ctid AS otid FROM "dmm"."dmm_outbox" o WHERE o.id = s.oid AND o.namespace = p_namespace FOR UPDATE
+  ) l;
+
+  WITH x AS (SELECT * FROM jsonb_to_recordset(p_items) AS x(id bigint, bumps integer, ok boolean, ms double precision)),
+  d AS (
+    DELETE FROM "dmm"."dmm_outbox" o USING x
+    WHERE o.ctid = ANY (v_tids) AND o.id = x.id AND x.ok AND o.bumps = x.bumps
+    RETURNING o.id
+  )
+  SELECT coalesce(array_agg(d.id), '{}') INTO v_gone FROM d;
+
+  WITH x AS (SELECT * FROM jsonb_to_recordset(p_items) AS x(id bigint, bumps integer, ok boolean, ms double precision))
+  UPDATE "dmm"."dmm_outbox" o SET
+    available_at = CASE WHEN x.ok THEN least(o.available_at, now()) ELSE now() + x.ms * interval '1 millisecond' END,
+    tries = CASE WHEN x.ok THEN o.tries ELSE o.tries + 1 END,
+    relay_until = NULL
+  FROM x
+  WHERE o.ctid = ANY (v_tids) AND o.id = x.id AND NOT (o.id = ANY (v_gone));
+  GET DIAGNOSTICS v_kept = ROW_COUNT;
+
+  RETURN QUERY SELECT cardinality(v_gone), v_kept;
 END;
 $$;

@@ -294,7 +294,7 @@ class BucketImpl implements Bucket, BucketInternals {
     for (;;) {
       const r = await this.#relayOnce();
       total += r.dispatched;
-      if (r.taken < this.options.relayBatchSize) return total;
+      if (!r.more) return total;
     }
   }
 
@@ -412,9 +412,9 @@ class BucketImpl implements Bucket, BucketInternals {
     return outbox;
   }
 
-  async #relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number }> {
+  async #relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean }> {
     // While NATS is down the workers take outbox rows themselves; publishing would only fail.
-    if (this.#fallback) return { taken: 0, dispatched: 0, deferred: 0 };
+    if (this.#fallback) return { taken: 0, dispatched: 0, deferred: 0, more: false };
     const tokens = this.tokens!;
     let failed = false;
     const result = await relayOutbox(this.db.db, this.namespace, this.options.relayBatchSize, async (batch) => {

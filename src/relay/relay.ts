@@ -11,8 +11,8 @@ export interface RelayDeps {
   log: Logger;
   batchSize: number;
   pollIntervalMs: number;
-  /** One take-publish-delete round; returns how many rows it took. */
-  relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number }>;
+  /** One take-publish-delete round; `more` when rows may be left (the relay goes on at once). */
+  relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean }>;
   /** When the next outbox row becomes available, in ms; null if none. */
   nextInMs(): Promise<number | null>;
 }
@@ -34,9 +34,9 @@ export function startRelay(deps: RelayDeps): Relay {
     let failures = 0;
     while (!stopper.signal.aborted) {
       wakeup.reset();
-      let taken = 0;
+      let more = false;
       try {
-        taken = (await deps.relayOnce()).taken;
+        more = (await deps.relayOnce()).more;
         if (failures > 0) deps.log.info("relay:recovered", { afterFailures: failures });
         failures = 0;
       } catch (err) {
@@ -46,7 +46,7 @@ export function startRelay(deps: RelayDeps): Relay {
         await untilAborted(sleep(delay), stopper.signal);
         continue;
       }
-      if (taken >= deps.batchSize || wakeup.pending) continue;
+      if (more || wakeup.pending) continue;
       const next = await deps.nextInMs().catch(() => null);
       const wait = next === null ? deps.pollIntervalMs : Math.min(deps.pollIntervalMs, Math.max(1, next));
       await untilAborted(wakeup.wait(wait), stopper.signal);
@@ -59,7 +59,7 @@ export function startRelay(deps: RelayDeps): Relay {
       for (;;) {
         const r = await deps.relayOnce();
         total += r.dispatched;
-        if (r.taken < deps.batchSize) return total;
+        if (!r.more) return total;
       }
     },
     async stop() {

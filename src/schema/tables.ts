@@ -65,6 +65,12 @@ export const dmmOutbox = dmmSchema.table(
     identity: text("identity").notNull(),
     /** Rows refused by JetStream (a token is already pending or running) wait until then. */
     availableAt: timestamp("available_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
+    /**
+     * Set by a relay while it publishes the row's token (no transaction spans the publish):
+     * other relays and Postgres-only takes skip the row until then. Not indexed, so marking a
+     * row in flight is a HOT update.
+     */
+    relayUntil: timestamp("relay_until", { withTimezone: true, mode: "date" }),
     /** How often dispatch was deferred; spaces out the retries. */
     tries: integer("tries").notNull().default(0),
     /**
@@ -77,10 +83,11 @@ export const dmmOutbox = dmmSchema.table(
   },
   (t) => [
     uniqueIndex("dmm_outbox_key_idx").on(t.namespace, t.kind, t.identity),
-    /** The relay's take: every kind of a namespace, oldest first. */
-    index("dmm_outbox_take_idx").on(t.namespace, t.availableAt, t.id),
-    /** Postgres-only dispatch takes one kind, oldest first: an ordered scan, never a sort. */
-    index("dmm_outbox_kind_take_idx").on(t.namespace, t.kind, t.availableAt, t.id),
+    /**
+     * Takes go kind by kind, oldest first: an ordered scan, never a sort (the relay walks the
+     * kinds of its namespace with a skip scan over the same index).
+     */
+    index("dmm_outbox_take_idx").on(t.namespace, t.kind, t.availableAt, t.id),
   ],
 );
 

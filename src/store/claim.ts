@@ -163,7 +163,7 @@ export async function takeAndClaim(
 export async function nextOutboxInMs(exec: Executor, namespace: string, kind: string): Promise<number | null> {
   const r = await rows<{ ms: number | null }>(
     exec,
-    sql`select greatest(0, extract(epoch from (min(available_at) - now())) * 1000)::float8 as ms
+    sql`select greatest(0, extract(epoch from (min(greatest(available_at, coalesce(relay_until, available_at))) - now())) * 1000)::float8 as ms
         from dmm.dmm_outbox where namespace = ${namespace} and kind = ${kind}`,
   );
   return r[0]?.ms ?? null;

@@ -86,7 +86,7 @@ export async function enqueueMatters(exec: Executor, namespace: string, items: T
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, k.kind, k.identity from locked k order by k.kind, k.identity
           on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1,
-            available_at = least(dmm.dmm_outbox.available_at, now())
+            available_at = least(dmm.dmm_outbox.available_at, now()), relay_until = null
           returning kind
         )
         select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) d`,

@@ -29,7 +29,8 @@ export const RELAY_INFLIGHT_MS = 10_000;
 
 /**
  * One relay round, with no transaction held across the network: takes up to `limit` available
- * rows (hiding them from other relays for `RELAY_INFLIGHT_MS`), calls `publish`, then deletes
+ * rows (`dmm.relay_take`: hidden from other relays for `RELAY_INFLIGHT_MS`), calls `publish`,
+ * then (`dmm.relay_settle`) deletes
  * each dispatched row unless a notify bumped it meanwhile (that one is made available again),
  * and defers refused rows with a capped exponential delay (20 ms, 40 ms, … 1 s). A relay that
  * dies mid-round leaves its rows to reappear after the in-flight time; their re-publish carries
@@ -41,21 +42,14 @@ export async function relayOutbox(
   namespace: string,
   limit: number,
   publish: (batch: OutboxRow[]) => Promise<DispatchResult[]>,
-): Promise<{ taken: number; dispatched: number; deferred: number }> {
-  const batch = (
-    await rows<{ id: string; kind: string; identity: string; tries: number; bumps: number; born: string }>(
-      db,
-      sql`update dmm.dmm_outbox o set available_at = now() + ${RELAY_INFLIGHT_MS}::int * interval '1 millisecond'
-          where o.id in (
-            select id from dmm.dmm_outbox
-            where namespace = ${namespace} and available_at <= now()
-            order by available_at, id limit ${limit}::int
-            for update skip locked)
-          returning o.id::text, o.kind, o.identity, o.tries, o.bumps,
-            (extract(epoch from o.created_at) * 1000000)::bigint::text as born`,
-    )
-  ).map((r) => ({ id: Number(r.id), kind: r.kind, identity: r.identity, tries: r.tries, bumps: r.bumps, born: r.born }));
-  if (batch.length === 0) return { taken: 0, dispatched: 0, deferred: 0 };
+): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean }> {
+  const taken = await rows<{ id: string; kind: string; identity: string; tries: number; bumps: number; born: string; more: boolean }>(
+    db,
+    sql`select r.id::text, r.kind, r.identity, r.tries, r.bumps, r.born, r.more
+        from dmm.relay_take(${namespace}, ${limit}::int, ${RELAY_INFLIGHT_MS}::int) r`,
+  );
+  const batch = taken.map((r) => ({ id: Number(r.id), kind: r.kind, identity: r.identity, tries: r.tries, bumps: r.bumps, born: r.born }));
+  if (batch.length === 0) return { taken: 0, dispatched: 0, deferred: 0, more: false };
   const results = await publish(batch);
   const settle = batch.map((row, i) => ({
     id: row.id,
@@ -63,34 +57,16 @@ export async function relayOutbox(
     ok: results[i] === "ok",
     ms: Math.min(MAX_DEFER_MS, 20 * 2 ** Math.min(row.tries, 10)),
   }));
-  await rows(
-    db,
-    sql`with x as (
-          select * from jsonb_to_recordset(${jsonParam(settle)}) as x(id bigint, bumps int, ok boolean, ms float8)
-        ), locked as (
-          select o.id from dmm.dmm_outbox o join x on o.id = x.id
-          order by o.namespace, o.kind, o.identity for update of o
-        ), gone as (
-          delete from dmm.dmm_outbox o using x
-          where o.id = x.id and o.id in (select id from locked) and x.ok and o.bumps = x.bumps returning o.id
-        ), again as (
-          update dmm.dmm_outbox o set
-            available_at = case when x.ok then now() else now() + x.ms * interval '1 millisecond' end,
-            tries = case when x.ok then o.tries else o.tries + 1 end
-          from x where o.id = x.id and o.id in (select id from locked) and o.id not in (select id from gone)
-          returning o.id
-        )
-        select (select count(*) from gone) as gone, (select count(*) from again) as again`,
-  );
+  await rows(db, sql`select s.gone, s.kept from dmm.relay_settle(${namespace}, ${jsonParam(settle)}) s`);
   const dispatched = settle.filter((s) => s.ok).length;
-  return { taken: batch.length, dispatched, deferred: batch.length - dispatched };
+  return { taken: batch.length, dispatched, deferred: batch.length - dispatched, more: taken[0]!.more };
 }
 
 /** The earliest time an outbox row of the namespace becomes available, in ms from now; null if none. */
 export async function nextRelayInMs(db: Executor, namespace: string): Promise<number | null> {
   const r = await rows<{ ms: number | null }>(
     db,
-    sql`select greatest(0, extract(epoch from (min(available_at) - now())) * 1000)::float8 as ms
+    sql`select greatest(0, extract(epoch from (min(greatest(available_at, coalesce(relay_until, available_at))) - now())) * 1000)::float8 as ms
         from dmm.dmm_outbox where namespace = ${namespace}`,
   );
   return r[0]?.ms ?? null;

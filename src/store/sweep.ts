@@ -30,7 +30,7 @@ export async function sweepMatters(exec: Executor, namespace: string, graceMs: n
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, c.kind, c.identity from c order by c.kind, c.identity
           on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1,
-            available_at = least(dmm.dmm_outbox.available_at, now())
+            available_at = least(dmm.dmm_outbox.available_at, now()), relay_until = null
           returning kind
         ), wake as (
           select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) k
@@ -79,7 +79,7 @@ export async function reapDeadWorkers(
           insert into dmm.dmm_outbox (namespace, kind, identity)
           select ${namespace}::text, e.kind, e.identity from expired e order by e.kind, e.identity
           on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1,
-            available_at = least(dmm.dmm_outbox.available_at, now())
+            available_at = least(dmm.dmm_outbox.available_at, now()), relay_until = null
           returning kind
         ), wake as (
           select pg_notify('dmm_outbox', ${namespace} || ':' || kind) from (select distinct kind from ins) k

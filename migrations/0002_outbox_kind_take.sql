@@ -1,1 +1,0 @@
-CREATE INDEX "dmm_outbox_kind_take_idx" ON "dmm"."dmm_outbox" USING btree ("namespace","kind","available_at","id");
