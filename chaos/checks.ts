@@ -81,7 +81,7 @@ export interface UnconvergedMatter {
   leaseUntil: string | null;
   dispatchedAt: string | null;
   updatedAt: string;
-  /** The matter's outbox row, if any (available at, tries, bumps). */
+  /** The matter's outbox row, if any, with every column (available_at, tries, bumps, the relay's in-flight mark, …). */
   outbox: unknown;
   /** The last committed notify of the identity (generation, value, at). */
   lastNotify: unknown;
@@ -101,7 +101,7 @@ export async function unconvergedMatters(sql: postgres.Sql, namespaces: string[]
            m.cache->'value' as value, m.cache->'applied' as applied, m.parked, m.attempts, left(m.last_error, 300) as "lastError",
            m.due_at::text as "dueAt", m.due_reason as "dueReason", m.lease_owner as "leaseOwner", m.lease_epoch::text as "leaseEpoch",
            m.lease_until::text as "leaseUntil", m.dispatched_at::text as "dispatchedAt", m.updated_at::text as "updatedAt",
-           (select json_agg(json_build_object('id', o.id, 'availableAt', o.available_at, 'tries', o.tries, 'bumps', o.bumps, 'createdAt', o.created_at))
+           (select json_agg(to_jsonb(o) - 'namespace' - 'kind' - 'identity')
               from dmm.dmm_outbox o where o.namespace = m.namespace and o.kind = m.kind and o.identity = m.identity) as outbox,
            (select json_build_object('generation', n.generation, 'value', n.value, 'at', n.at) from chaos.notify_log n
               where n.namespace = m.namespace and n.identity = m.identity order by n.generation desc limit 1) as "lastNotify",

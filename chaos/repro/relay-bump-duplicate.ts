@@ -76,11 +76,10 @@ try {
   const stream = `dmm_${NS}`;
   const tokensInStream = async () => (await jsm.streams.info(stream)).state.messages;
   const outbox = async () =>
-    (await db.execute(sql`select id::int, bumps, round(extract(epoch from available_at - now()) * 1000)::int as available_in_ms from dmm.dmm_outbox where namespace = ${NS}`)) as unknown as {
-      id: number;
-      bumps: number;
-      available_in_ms: number;
-    }[];
+    // Every column (the relay's in-flight mark moved from available_at to relay_until in fd224d3).
+    ((await db.execute(sql`select to_jsonb(o) - 'namespace' - 'kind' - 'identity' - 'created_at' as row from dmm.dmm_outbox o where namespace = ${NS}`)) as unknown as { row: Record<string, unknown> }[]).map(
+      (r) => r.row,
+    );
   // The relay's msgID, as src/bucket.ts builds it (before 24dd7ba: namespace and row id only).
   const msgId = (r: OutboxRow) => (OLD ? `${NS}:${r.id}` : `${NS}:${r.id}:${r.bumps}:${r.born}`);
   const publish = async (batch: OutboxRow[]) => (await tokens.publish(batch.map((r) => ({ kind: r.kind, identity: r.identity, msgId: msgId(r) })))).results as ("ok" | "busy" | "error")[];
@@ -89,7 +88,7 @@ try {
 
   await bucket.notify(Object.assign(new Unit(), { id: "a" }));
   const [row] = await outbox();
-  console.log(`1. notify a: outbox row ${row!.id}`);
+  console.log(`1. notify a: outbox row ${String(row!.id)}`);
 
   await relayOutbox(db, NS, 10, async (batch) => {
     await publish(batch);
