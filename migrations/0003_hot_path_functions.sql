@@ -17,10 +17,11 @@
 
 -- Postgres-only dispatch: take up to p_limit available outbox rows of one kind, oldest first,
 -- and lease their matters. Returns the claimed matters, plus one row with a null identity when
--- none was claimed; `taken` on every row counts the outbox rows taken in all.
+-- none was claimed; `taken` on every row counts the outbox rows taken in all, `next_in_ms` says
+-- when the next row of the kind becomes available (null: none is left).
 CREATE FUNCTION "dmm"."take_and_claim"(p_namespace text, p_kind text, p_owner text, p_lease_ms integer, p_limit integer)
-RETURNS TABLE (identity text, cache jsonb, generation bigint, attempts integer, epoch bigint, reason text, taken integer)
-LANGUAGE plpgsql SET enable_seqscan = off AS $$
+RETURNS TABLE (identity text, cache jsonb, generation bigint, attempts integer, epoch bigint, reason text, taken integer, next_in_ms double precision)
+LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
   v_taken integer;
@@ -30,6 +31,7 @@ DECLARE
   v_tids tid[];
   v_ids text[];
   v_reasons text[];
+  v_next double precision;
 BEGIN
   WITH taken AS (
     SELECT o.ctid AS otid, o.identity AS ident FROM "dmm"."dmm_outbox" o
@@ -67,7 +69,11 @@ BEGIN
   FROM looked;
 
   IF v_taken = 0 THEN
-    RETURN QUERY SELECT NULL::text, NULL::jsonb, NULL::bigint, NULL::integer, NULL::bigint, NULL::text, 0;
+    SELECT extract(epoch FROM (o.available_at - now())) * 1000 INTO v_next
+    FROM "dmm"."dmm_outbox" o
+    WHERE o.namespace = p_namespace AND o.kind = p_kind AND (o.relay_until IS NULL OR o.relay_until <= now())
+    ORDER BY o.available_at LIMIT 1;
+    RETURN QUERY SELECT NULL::text, NULL::jsonb, NULL::bigint, NULL::integer, NULL::bigint, NULL::text, 0, v_next;
     RETURN;
   END IF;
   -- Taken rows are gone whether or not their matter needs a run: a clean or parked matter needs
@@ -79,6 +85,15 @@ BEGIN
     WHERE o.ctid = ANY (v_defer) AND o.ctid = d.t;
   END IF;
 
+  -- When the next row of this kind becomes available (null: none left), so that an idle
+  -- worker waits exactly that long without asking.
+  -- ORDER BY … LIMIT 1, not min(): with the filter, min() would read every row of the kind.
+  -- A NULL (none left) stays NULL.
+  SELECT extract(epoch FROM (o.available_at - now())) * 1000 INTO v_next
+  FROM "dmm"."dmm_outbox" o
+  WHERE o.namespace = p_namespace AND o.kind = p_kind AND (o.relay_until IS NULL OR o.relay_until <= now())
+  ORDER BY o.available_at LIMIT 1;
+
   RETURN QUERY
   WITH claimed AS (
     UPDATE "dmm"."dmm_matter" m SET
@@ -89,10 +104,10 @@ BEGIN
       AND (CASE WHEN m.due_at IS NULL THEN m.generation > m.observed_generation ELSE m.due_at <= now() END)
     RETURNING m.identity, m.cache, m.generation, m.attempts, m.lease_epoch
   )
-  SELECT c.identity, c.cache, c.generation, c.attempts, c.lease_epoch, r.reason, v_taken
+  SELECT c.identity, c.cache, c.generation, c.attempts, c.lease_epoch, r.reason, v_taken, v_next
   FROM claimed c JOIN unnest(v_ids, v_reasons) AS r(ident, reason) ON r.ident = c.identity
   UNION ALL
-  SELECT NULL, NULL, NULL, NULL, NULL, NULL, v_taken WHERE NOT EXISTS (SELECT 1 FROM claimed);
+  SELECT NULL, NULL, NULL, NULL, NULL, NULL, v_taken, v_next WHERE NOT EXISTS (SELECT 1 FROM claimed);
 END;
 $$;
 --> statement-breakpoint
@@ -102,7 +117,7 @@ $$;
 -- (another transaction holds the row) or missing.
 CREATE FUNCTION "dmm"."claim_keys"(p_namespace text, p_kind text, p_owner text, p_lease_ms integer, p_identities text[])
 RETURNS TABLE (ord integer, status text, cache jsonb, generation bigint, attempts integer, epoch bigint, reason text, due_in_ms double precision)
-LANGUAGE plpgsql SET enable_seqscan = off AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
   v_ords integer[];
@@ -166,7 +181,7 @@ $$;
 -- follows. Returns (ord, dirty) for every saved run; a missing ord lost its lease.
 CREATE FUNCTION "dmm"."finish_runs"(p_namespace text, p_kind text, p_items jsonb)
 RETURNS TABLE (ord integer, dirty boolean)
-LANGUAGE plpgsql SET enable_seqscan = off AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
   v_tids tid[];
@@ -246,16 +261,19 @@ $$;
 -- kinds (walked with a skip scan of dmm_outbox_take_idx, so a kind with a huge backlog does not
 -- starve the others), each kind oldest first. The rows are marked in flight for
 -- p_inflight_ms (relay_until, not indexed: a HOT update), because no transaction spans the
--- publish. `more` is true when some kind filled its share (the relay should take again).
+-- publish. `more` is true when some kind filled its share (the relay should take again). When
+-- nothing was taken, one row with a null id says in `next_in_ms` when the next row becomes
+-- available (null: none).
 CREATE FUNCTION "dmm"."relay_take"(p_namespace text, p_limit integer, p_inflight_ms integer)
-RETURNS TABLE (id bigint, kind text, identity text, tries integer, bumps integer, born text, more boolean)
-LANGUAGE plpgsql SET enable_seqscan = off AS $$
+RETURNS TABLE (id bigint, kind text, identity text, tries integer, bumps integer, born text, more boolean, next_in_ms double precision)
+LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
   v_kinds text[];
   v_share integer;
   v_tids tid[];
   v_more boolean;
+  v_next double precision;
 BEGIN
   WITH RECURSIVE k AS (
     (SELECT o.kind AS k FROM "dmm"."dmm_outbox" o WHERE o.namespace = p_namespace ORDER BY o.kind LIMIT 1)
@@ -265,6 +283,7 @@ BEGIN
   )
   SELECT array_agg(k.k) INTO v_kinds FROM k WHERE k.k IS NOT NULL;
   IF v_kinds IS NULL THEN
+    RETURN QUERY SELECT NULL::bigint, NULL::text, NULL::text, NULL::integer, NULL::integer, NULL::text, false, NULL::double precision;
     RETURN;
   END IF;
   v_share := greatest(1, ceil(p_limit::numeric / cardinality(v_kinds)))::integer;
@@ -285,10 +304,24 @@ BEGIN
   ) t;
 
   RETURN QUERY
-  UPDATE "dmm"."dmm_outbox" o SET relay_until = now() + p_inflight_ms * interval '1 millisecond'
-  WHERE o.ctid = ANY (v_tids)
-  RETURNING o.id, o.kind, o.identity, o.tries, o.bumps,
-    (extract(epoch FROM o.created_at) * 1000000)::bigint::text, v_more;
+  WITH marked AS (
+    UPDATE "dmm"."dmm_outbox" o SET relay_until = now() + p_inflight_ms * interval '1 millisecond'
+    WHERE o.ctid = ANY (v_tids)
+    RETURNING o.id, o.kind, o.identity, o.tries, o.bumps, (extract(epoch FROM o.created_at) * 1000000)::bigint::text AS born
+  )
+  SELECT m.id, m.kind, m.identity, m.tries, m.bumps, m.born, v_more, NULL::double precision FROM marked m
+  UNION ALL
+  -- When none was taken: when the next row becomes available (rows in flight come back at
+  -- their relay_until, within the relay's poll interval).
+  SELECT NULL, NULL, NULL, NULL, NULL, NULL, false,
+    (SELECT min(extract(epoch FROM (f.available_at - now())) * 1000)
+     FROM unnest(v_kinds) AS kk(kind)
+     CROSS JOIN LATERAL (
+       SELECT o.available_at FROM "dmm"."dmm_outbox" o
+       WHERE o.namespace = p_namespace AND o.kind = kk.kind AND (o.relay_until IS NULL OR o.relay_until <= now())
+       ORDER BY o.available_at LIMIT 1
+     ) f)
+  WHERE NOT EXISTS (SELECT 1 FROM marked);
 END;
 $$;
 --> statement-breakpoint
@@ -299,7 +332,7 @@ $$;
 -- deleted and how many kept.
 CREATE FUNCTION "dmm"."relay_settle"(p_namespace text, p_items jsonb)
 RETURNS TABLE (gone integer, kept integer)
-LANGUAGE plpgsql SET enable_seqscan = off AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
   v_tids tid[];

@@ -16,8 +16,6 @@ import {
   finishRuns,
   guardedTransaction,
   holdLease,
-  nextOutboxInMs,
-  nextRelayInMs,
   notifyMatters,
   openDatabase,
   readMatter,
@@ -388,7 +386,6 @@ class BucketImpl implements Bucket, BucketInternals {
     const outbox = createOutboxSource({
       pollIntervalMs: options.pollIntervalMs,
       takeAndClaim: async (max) => takeAndClaim(this.db.db, namespace, await engine.owner(), options.leaseMs, entry.kind, max),
-      nextInMs: () => nextOutboxInMs(this.db.db, namespace, entry.kind),
     });
     if (this.tokens) {
       const tokens = this.tokens;
@@ -412,9 +409,9 @@ class BucketImpl implements Bucket, BucketInternals {
     return outbox;
   }
 
-  async #relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean }> {
+  async #relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean; nextInMs: number | null }> {
     // While NATS is down the workers take outbox rows themselves; publishing would only fail.
-    if (this.#fallback) return { taken: 0, dispatched: 0, deferred: 0, more: false };
+    if (this.#fallback) return { taken: 0, dispatched: 0, deferred: 0, more: false, nextInMs: null };
     const tokens = this.tokens!;
     let failed = false;
     const result = await relayOutbox(this.db.db, this.namespace, this.options.relayBatchSize, async (batch) => {
@@ -511,7 +508,6 @@ class BucketImpl implements Bucket, BucketInternals {
           batchSize: options.relayBatchSize,
           pollIntervalMs: options.pollIntervalMs,
           relayOnce: () => this.#relayOnce(),
-          nextInMs: () => nextRelayInMs(db, namespace),
         });
       }
       this.#engine = engine;

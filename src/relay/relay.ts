@@ -11,10 +11,11 @@ export interface RelayDeps {
   log: Logger;
   batchSize: number;
   pollIntervalMs: number;
-  /** One take-publish-delete round; `more` when rows may be left (the relay goes on at once). */
-  relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean }>;
-  /** When the next outbox row becomes available, in ms; null if none. */
-  nextInMs(): Promise<number | null>;
+  /**
+   * One take-publish-delete round; `more` when rows may be left (the relay goes on at once),
+   * `nextInMs` when the next row becomes available (null: none; the poll is the backstop).
+   */
+  relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean; nextInMs: number | null }>;
 }
 
 /** A running relay. */
@@ -35,8 +36,11 @@ export function startRelay(deps: RelayDeps): Relay {
     while (!stopper.signal.aborted) {
       wakeup.reset();
       let more = false;
+      let next: number | null = null;
       try {
-        more = (await deps.relayOnce()).more;
+        const r = await deps.relayOnce();
+        more = r.more;
+        next = r.nextInMs;
         if (failures > 0) deps.log.info("relay:recovered", { afterFailures: failures });
         failures = 0;
       } catch (err) {
@@ -46,8 +50,7 @@ export function startRelay(deps: RelayDeps): Relay {
         await untilAborted(sleep(delay), stopper.signal);
         continue;
       }
-      if (more || wakeup.pending) continue;
-      const next = await deps.nextInMs().catch(() => null);
+      if (more || wakeup.pending || next === 0) continue;
       const wait = next === null ? deps.pollIntervalMs : Math.min(deps.pollIntervalMs, Math.max(1, next));
       await untilAborted(wakeup.wait(wait), stopper.signal);
     }

@@ -128,7 +128,8 @@ interface TakeRow {
  * matters in the same call (`dmm.take_and_claim`, migration 0003). Rows whose matter is locked by another transaction stay on the
  * outbox (retried shortly); rows whose matter is not due yet wait until it is; the rest are
  * deleted, claimed or not (a live lease's finish re-enqueues if its matter changed).
- * Returns the claimed matters and how many outbox rows were taken in all.
+ * Returns the claimed matters, how many outbox rows were taken in all, and in how many ms the
+ * next row of the kind becomes available (null: none left).
  */
 export async function takeAndClaim(
   exec: Executor,
@@ -137,13 +138,15 @@ export async function takeAndClaim(
   leaseMs: number,
   kind: string,
   limit: number,
-): Promise<{ claimed: ClaimedMatter[]; taken: number }> {
-  const result = await rows<TakeRow & { taken: number }>(
+): Promise<{ claimed: ClaimedMatter[]; taken: number; nextInMs: number | null }> {
+  const result = await rows<TakeRow & { taken: number; next_in_ms: number | null }>(
     exec,
-    sql`select t.identity, t.cache, t.generation::text, t.attempts, t.epoch::text as lease_epoch, t.reason, t.taken
+    sql`select t.identity, t.cache, t.generation::text, t.attempts, t.epoch::text as lease_epoch, t.reason, t.taken, t.next_in_ms
         from dmm.take_and_claim(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${limit}::int) t`,
   );
   const taken = result[0]?.taken ?? 0;
+  const next = result[0]?.next_in_ms ?? null;
+  const nextInMs = next === null ? null : Math.max(0, next);
   const claimed = result
     .filter((r) => r.identity !== null)
     .map((r) => ({
@@ -156,15 +159,5 @@ export async function takeAndClaim(
       reason: r.reason,
       owner,
     }));
-  return { claimed, taken };
-}
-
-/** The earliest time an outbox row of `kind` becomes available, in ms from now; null if none. */
-export async function nextOutboxInMs(exec: Executor, namespace: string, kind: string): Promise<number | null> {
-  const r = await rows<{ ms: number | null }>(
-    exec,
-    sql`select greatest(0, extract(epoch from (min(greatest(available_at, coalesce(relay_until, available_at))) - now())) * 1000)::float8 as ms
-        from dmm.dmm_outbox where namespace = ${namespace} and kind = ${kind}`,
-  );
-  return r[0]?.ms ?? null;
+  return { claimed, taken, nextInMs };
 }

@@ -42,14 +42,19 @@ export async function relayOutbox(
   namespace: string,
   limit: number,
   publish: (batch: OutboxRow[]) => Promise<DispatchResult[]>,
-): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean }> {
-  const taken = await rows<{ id: string; kind: string; identity: string; tries: number; bumps: number; born: string; more: boolean }>(
+): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean; nextInMs: number | null }> {
+  const taken = await rows<{ id: string | null; kind: string; identity: string; tries: number; bumps: number; born: string; more: boolean; next_in_ms: number | null }>(
     db,
-    sql`select r.id::text, r.kind, r.identity, r.tries, r.bumps, r.born, r.more
+    sql`select r.id::text, r.kind, r.identity, r.tries, r.bumps, r.born, r.more, r.next_in_ms
         from dmm.relay_take(${namespace}, ${limit}::int, ${RELAY_INFLIGHT_MS}::int) r`,
   );
-  const batch = taken.map((r) => ({ id: Number(r.id), kind: r.kind, identity: r.identity, tries: r.tries, bumps: r.bumps, born: r.born }));
-  if (batch.length === 0) return { taken: 0, dispatched: 0, deferred: 0, more: false };
+  const batch = taken
+    .filter((r) => r.id !== null)
+    .map((r) => ({ id: Number(r.id), kind: r.kind, identity: r.identity, tries: r.tries, bumps: r.bumps, born: r.born }));
+  if (batch.length === 0) {
+    const next = taken[0]?.next_in_ms ?? null;
+    return { taken: 0, dispatched: 0, deferred: 0, more: false, nextInMs: next === null ? null : Math.max(0, next) };
+  }
   const results = await publish(batch);
   const settle = batch.map((row, i) => ({
     id: row.id,
@@ -59,15 +64,6 @@ export async function relayOutbox(
   }));
   await rows(db, sql`select s.gone, s.kept from dmm.relay_settle(${namespace}, ${jsonParam(settle)}) s`);
   const dispatched = settle.filter((s) => s.ok).length;
-  return { taken: batch.length, dispatched, deferred: batch.length - dispatched, more: taken[0]!.more };
-}
-
-/** The earliest time an outbox row of the namespace becomes available, in ms from now; null if none. */
-export async function nextRelayInMs(db: Executor, namespace: string): Promise<number | null> {
-  const r = await rows<{ ms: number | null }>(
-    db,
-    sql`select greatest(0, extract(epoch from (min(greatest(available_at, coalesce(relay_until, available_at))) - now())) * 1000)::float8 as ms
-        from dmm.dmm_outbox where namespace = ${namespace}`,
-  );
-  return r[0]?.ms ?? null;
+  // After a round that took rows, the relay simply takes again (the answer says when to wait).
+  return { taken: batch.length, dispatched, deferred: batch.length - dispatched, more: taken[0]!.more, nextInMs: 0 };
 }

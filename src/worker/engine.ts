@@ -27,6 +27,12 @@ export interface Claimed {
  */
 export interface Source {
   take(max: number): Promise<Claimed[]>;
+  /**
+   * True when the last `take` found nothing more to take now: the runner waits for `ready`
+   * before taking again instead of asking once more (which would also delay its reaction to
+   * the next wake-up by a round trip).
+   */
+  readonly drained?: boolean;
   ready(signal: AbortSignal): Promise<void>;
   close(): Promise<void>;
 }
@@ -579,6 +585,7 @@ export async function runKind(
       engine.hold(claimed);
       buffer.push(...claimed);
       startRuns();
+      if (source.drained) await untilAborted(source.ready(signal), signal);
     }
   } finally {
     await source.close();

@@ -146,31 +146,35 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
 /** Injected I/O of an outbox source. */
 export interface OutboxSourceDeps {
   pollIntervalMs: number;
-  takeAndClaim(max: number): Promise<{ claimed: ClaimedMatter[]; taken: number }>;
-  /** When the next outbox row of this kind becomes available, in ms; null if none. */
-  nextInMs(): Promise<number | null>;
+  /** Claims up to `max`; `nextInMs`: when the next outbox row of the kind becomes available (null: none). */
+  takeAndClaim(max: number): Promise<{ claimed: ClaimedMatter[]; taken: number; nextInMs: number | null }>;
 }
 
 /**
  * Takes work straight from the outbox. After a full batch it takes again at once; otherwise it
- * waits for a LISTEN wake-up, the next deferred row's time or the backstop poll.
+ * is `drained` and waits for a LISTEN wake-up, the next deferred row's time (which the take
+ * reported) or the backstop poll.
  */
 export function createOutboxSource(deps: OutboxSourceDeps): WakeableSource {
   let more = true;
+  let next: number | null = null;
   const wakeup = new Wakeup();
   return {
     wake: () => wakeup.wake(),
     // The outbox rows the dead-worker sweep wrote already lead here.
     inject: () => wakeup.wake(),
+    get drained() {
+      return !more;
+    },
     async take(max) {
       wakeup.reset();
       const r = await deps.takeAndClaim(max);
       more = r.taken >= max;
+      next = r.nextInMs;
       return r.claimed.map((matter) => ({ matter }));
     },
     async ready(signal) {
       if (more || wakeup.pending || signal.aborted) return;
-      const next = await deps.nextInMs().catch(() => null);
       const wait = next === null ? deps.pollIntervalMs : Math.min(deps.pollIntervalMs, Math.max(1, next));
       await wakeup.wait(wait);
     },
@@ -200,6 +204,9 @@ export function createSwitchingSource(
     },
     inject(keys) {
       current().inject(keys);
+    },
+    get drained() {
+      return current().drained === true;
     },
     take(max) {
       return current().take(max);
