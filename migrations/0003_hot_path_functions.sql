@@ -175,7 +175,8 @@ END;
 $$;
 --> statement-breakpoint
 -- The fenced end of runs of one kind. p_items is a JSON array of
--- {ord, owner, identity, epoch, gen, outcome, base, cache, error, due_ms, due_reason}; only a
+-- {ord, owner, identity, epoch, gen, outcome, base, cache, error, due_ms, due_reason} (no cache
+-- and base: the run left the cache as it found it); only a
 -- run that still holds its lease (owner, epoch, unexpired) writes anything. A matter whose
 -- generation moved during its run goes back on the outbox here, so exactly one more run
 -- follows. Returns (ord, dirty) for every saved run; a missing ord lost its lease.
@@ -204,7 +205,7 @@ BEGIN
       base jsonb, cache jsonb, error text, due_ms double precision, due_reason text)
   ), done AS (
     UPDATE "dmm"."dmm_matter" m SET
-      cache = CASE WHEN x.outcome <> 'ok' THEN m.cache
+      cache = CASE WHEN x.outcome <> 'ok' OR x.cache IS NULL THEN m.cache
                    WHEN m.cache = x.base THEN x.cache
                    ELSE "dmm"."merge_cache"(x.base, x.cache, m.cache) END,
       observed_generation = CASE WHEN x.outcome IN ('ok', 'park') THEN x.gen ELSE m.observed_generation END,

@@ -4,7 +4,7 @@
  * `ctx.notify`s.
  */
 import { sql } from "drizzle-orm";
-import { jsonParam, rows, type Executor } from "./db.js";
+import { rows, type Executor } from "./db.js";
 import { notifyMatters, touchMatters, type NotifyItem, type TouchItem } from "./notify.js";
 
 /** How a run ended, as the store records it. */
@@ -23,7 +23,7 @@ export interface FinishItem {
   outcome: FinishOutcome;
   /** The cache the run read at claim (merge base). */
   base: Record<string, unknown>;
-  /** JSON text of the cache after a successful run (ignored otherwise). */
+  /** JSON text of the cache after a successful run; null when the run left it as it was (and otherwise). */
   cache: string | null;
   /** Error text for `fail` and `park`. */
   error: string | null;
@@ -85,22 +85,26 @@ export async function finishRuns(
 /** Finishes runs of one kind in one statement. */
 async function finishStatement(exec: Executor, namespace: string, items: FinishItem[]): Promise<FinishResult[]> {
   const kind = items[0]!.kind;
-  const list = items.map((i, ord) => ({
-    ord,
-    owner: i.owner,
-    identity: i.identity,
-    epoch: i.epoch,
-    gen: i.generation,
-    outcome: i.outcome,
-    base: i.base,
-    cache: i.cache === null ? null : (JSON.parse(i.cache) as unknown),
-    error: i.error,
-    due_ms: i.dueInMs,
-    due_reason: i.dueReason,
-  }));
+  // The JSON text is put together by hand so that each cache, already JSON text from
+  // encodeCache, is spliced in as it is instead of being parsed and stringified again. A run
+  // that left its cache as it found it sends neither cache nor base (the row keeps its cache).
+  const parts = items.map((i, ord) => {
+    const head = JSON.stringify({
+      ord,
+      owner: i.owner,
+      identity: i.identity,
+      epoch: i.epoch,
+      gen: i.generation,
+      outcome: i.outcome,
+      error: i.error,
+      due_ms: i.dueInMs,
+      due_reason: i.dueReason,
+    });
+    return i.cache === null ? head : `${head.slice(0, -1)},"cache":${i.cache},"base":${JSON.stringify(i.base)}}`;
+  });
   const done = await rows<{ ord: number; dirty: boolean }>(
     exec,
-    sql`select f.ord, f.dirty from dmm.finish_runs(${namespace}, ${kind}, ${jsonParam(list)}) f`,
+    sql`select f.ord, f.dirty from dmm.finish_runs(${namespace}, ${kind}, ${`[${parts.join(",")}]`}::jsonb) f`,
   );
   const results: FinishResult[] = items.map(() => ({ saved: false, dirty: false }));
   for (const row of done) results[row.ord] = { saved: true, dirty: row.dirty };

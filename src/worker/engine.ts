@@ -309,6 +309,8 @@ export class Engine {
         );
       }
       cacheText = this.#deps.encodeCache(matter.kind, matter.identity, instance);
+      // Unchanged (same fields in the order Postgres returned them): the finish need not send it.
+      if (cacheText === JSON.stringify(matter.cache)) cacheText = null;
     } catch (thrown) {
       error = coerceError(thrown);
       if (lease.controller.signal.aborted && lease.controller.signal.reason instanceof ClosedError) outcome = "release";
