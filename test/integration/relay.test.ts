@@ -1,0 +1,48 @@
+/**
+ * The relay's in-flight mark. A relay marks the outbox rows it publishes (`relay_until`, no
+ * transaction spans the publish); a relay that dies mid-round leaves its rows marked. A notify
+ * on such a row must not wait out the mark: found by the chaos run as 10-second delays.
+ */
+import { describe, expect, it } from "vitest";
+import type { BucketInternals } from "../../src/bucket.js";
+import type { Context } from "../../src/types.js";
+import type { RunEndEvent } from "../../src/worker/engine.js";
+import { useTestEnvironment } from "../harness/setup.js";
+import { waitFor } from "../harness/wait.js";
+
+const env = useTestEnvironment();
+
+class Item {
+  id = "";
+  v = 0;
+  identity() {
+    return this.id;
+  }
+  async materialize(_ctx: Context) {}
+}
+
+describe("an outbox row a dead relay left in flight", () => {
+  it("is available again as soon as a notify bumps it, and its next run follows without waiting for the mark", async () => {
+    // A sweep and an in-flight time far beyond the test's wait: only the bump can make it run.
+    const bucket = await env.open("nats", { sweepIntervalMs: 60_000 });
+    const sql = env.sql();
+    const stream = bucket.register("item", Item);
+    const runs: RunEndEvent[] = [];
+    (bucket as unknown as BucketInternals).onRunEnd = (e) => void runs.push(e);
+    await bucket.notify(Object.assign(new Item(), { id: "a", v: 1 }));
+    // What a relay that died while publishing leaves behind.
+    await sql`update dmm.dmm_outbox set relay_until = now() + interval '1 hour' where namespace = ${bucket.namespace}`;
+    await bucket.notify(Object.assign(new Item(), { id: "a", v: 2 }));
+    const [row] = await sql`select relay_until, available_at <= now() as available, bumps from dmm.dmm_outbox where namespace = ${bucket.namespace}`;
+    expect(row).toMatchObject({ relay_until: null, available: true, bumps: 1 });
+    const work = stream.work();
+    await waitFor("the run of generation 2", async () => {
+      const [m] = await sql`select observed_generation::int as seen from dmm.dmm_matter where namespace = ${bucket.namespace}`;
+      return m!.seen === 2;
+    });
+    expect(runs.filter((r) => r.outcome === "ok")).toHaveLength(1);
+    await bucket.close();
+    await work;
+    await sql.close();
+  });
+});
