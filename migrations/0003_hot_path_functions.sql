@@ -189,6 +189,7 @@ DECLARE
   v_ords integer[];
   v_dirty boolean[];
   v_requeue text[];
+  v_released boolean[];
 BEGIN
   -- Lock in key order, one key lookup each.
   SELECT coalesce(array_agg(l.mtid), '{}') INTO v_tids
@@ -222,18 +223,24 @@ BEGIN
     WHERE m.ctid = ANY (v_tids) AND m.identity = x.identity
       AND m.lease_owner = x.owner AND m.lease_epoch = x.epoch AND m.lease_until > now()
     RETURNING x.ord, m.identity,
-      (x.outcome = 'release' OR (m.generation > x.gen AND (x.outcome <> 'fail' OR x.due_ms IS NULL))) AS dirty
+      (x.outcome = 'release' OR (m.generation > x.gen AND (x.outcome <> 'fail' OR x.due_ms IS NULL))) AS dirty,
+      x.outcome = 'release' AS released
   )
   SELECT coalesce(array_agg(d.ord), '{}'), coalesce(array_agg(d.dirty), '{}'),
-         coalesce(array_agg(d.identity ORDER BY d.identity) FILTER (WHERE d.dirty), '{}')
-  INTO v_ords, v_dirty, v_requeue
+         coalesce(array_agg(d.identity ORDER BY d.identity) FILTER (WHERE d.dirty), '{}'),
+         coalesce(array_agg(d.released ORDER BY d.identity) FILTER (WHERE d.dirty), '{}')
+  INTO v_ords, v_dirty, v_requeue, v_released
   FROM done d;
 
+  -- Coalescing: a matter notified during its run runs again once the notifies pause for
+  -- 50 ms (each further notify pushes the row on, see the trigger below), at most 1 s after
+  -- this finish; a released matter (its worker is stopping) goes back at once.
   IF cardinality(v_requeue) > 0 THEN
-    INSERT INTO "dmm"."dmm_outbox" (namespace, kind, identity)
-    SELECT p_namespace, p_kind, r.ident FROM unnest(v_requeue) WITH ORDINALITY AS r(ident, n) ORDER BY r.n
+    INSERT INTO "dmm"."dmm_outbox" (namespace, kind, identity, available_at)
+    SELECT p_namespace, p_kind, r.ident, CASE WHEN r.released THEN now() ELSE now() + interval '50 milliseconds' END
+    FROM unnest(v_requeue, v_released) WITH ORDINALITY AS r(ident, released, n) ORDER BY r.n
     ON CONFLICT (namespace, kind, identity) DO UPDATE
-      SET bumps = "dmm"."dmm_outbox".bumps + 1, available_at = least("dmm"."dmm_outbox".available_at, now()), relay_until = NULL;
+      SET bumps = "dmm"."dmm_outbox".bumps + 1, available_at = least("dmm"."dmm_outbox".available_at, excluded.available_at), relay_until = NULL;
     PERFORM pg_notify('dmm_outbox', p_namespace || ':' || p_kind);
   END IF;
 
@@ -241,17 +248,23 @@ BEGIN
 END;
 $$;
 --> statement-breakpoint
--- A notify that finds its identity's outbox row already there bumps it and makes it available
--- at once: the row may be one a relay took (relay_until: hidden for RELAY_INFLIGHT_MS while it
--- publishes) and that relay may be dead, or a row deferred for a busy token; the new
--- generation must not wait for either. The bump also changes the token's msgID (see src/bucket.ts), so JetStream
--- does not drop the re-publish as a duplicate of the token the row had before.
+-- A notify that finds its identity's outbox row already there bumps it:
+-- - it clears the in-flight mark (relay_until) of a relay that may have died while publishing
+--   it, and the bump gives the re-publish a new msgID (see src/bucket.ts), so JetStream does
+--   not drop it as a duplicate of the token the row had before;
+-- - a row that is waiting (a coalescing pause after a run that saw notifies, a busy token, a
+--   due retry) waits until the notifies pause for 50 ms, but never past 1 s after the row was
+--   made: a burst of notifies on a hot identity costs one more run, not one per run length.
+-- A row that is available stays available: the first notify of a quiet matter is never delayed.
 CREATE OR REPLACE FUNCTION "dmm"."tg_dmm_matter__outbox"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   INSERT INTO "dmm"."dmm_outbox" ("namespace", "kind", "identity")
   VALUES (NEW."namespace", NEW."kind", NEW."identity")
   ON CONFLICT ("namespace", "kind", "identity") DO UPDATE
-    SET "bumps" = "dmm_outbox"."bumps" + 1, "available_at" = least("dmm_outbox"."available_at", now()), "relay_until" = NULL;
+    SET "bumps" = "dmm_outbox"."bumps" + 1, "relay_until" = NULL,
+        "available_at" = CASE WHEN "dmm_outbox"."available_at" <= now() THEN "dmm_outbox"."available_at"
+                              ELSE least(greatest("dmm_outbox"."available_at", now() + interval '50 milliseconds'),
+                                         "dmm_outbox"."created_at" + interval '1 second') END;
   -- Postgres folds identical notifications of one transaction into one.
   PERFORM pg_notify('dmm_outbox', NEW."namespace" || ':' || NEW."kind");
   RETURN NULL;
