@@ -240,7 +240,8 @@ BEGIN
     SELECT p_namespace, p_kind, r.ident, CASE WHEN r.released THEN now() ELSE now() + interval '50 milliseconds' END
     FROM unnest(v_requeue, v_released) WITH ORDINALITY AS r(ident, released, n) ORDER BY r.n
     ON CONFLICT (namespace, kind, identity) DO UPDATE
-      SET bumps = "dmm"."dmm_outbox".bumps + 1, available_at = least("dmm"."dmm_outbox".available_at, excluded.available_at), relay_until = NULL;
+      -- A row a notify made during the run stands for the same change: it waits too.
+      SET bumps = "dmm"."dmm_outbox".bumps + 1, available_at = excluded.available_at, relay_until = NULL;
     PERFORM pg_notify('dmm_outbox', p_namespace || ':' || p_kind);
   END IF;
 
