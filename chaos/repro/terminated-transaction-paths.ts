@@ -16,9 +16,8 @@
  *   autocommit, outside the (rolled-back) transaction, and commits.
  *
  * Variants: `plain` (the driver as installed), `patched` (PG_DRIVER points at a copy of the
- * driver with the guard of .tmp/chaos-findings.md), `guarded` (`guardedTransaction` below: the
- * dmm-side workaround as proposed), `dmm` (`guardedTransaction` of src/store/db.ts, in dmm since
- * 24dd7ba). Every variant goes through Drizzle, as dmm does.
+ * driver with the guard of .tmp/chaos-findings.md), `dmm` (`guardedTransaction` of
+ * src/store/db.ts, in dmm since 24dd7ba). Every variant goes through Drizzle, as dmm does.
  *
  * Run: `npx tsx --conditions=dmm-source chaos/repro/terminated-transaction-paths.ts`
  * (optionally `PG_DRIVER=/path/to/patched/postgres/src/index.js`).
@@ -29,68 +28,16 @@ import { setTimeout as delay } from "node:timers/promises";
 import postgres from "postgres";
 import { drizzle, type PostgresJsDatabase } from "drizzle-orm/postgres-js";
 import { sql } from "drizzle-orm";
-import { guardedTransaction as dmmGuardedTransaction } from "../../src/store/db.js";
+import { guardedTransaction } from "../../src/store/db.js";
 import { startPostgresServer } from "../lib/index.js";
 
 type Case = "in-flight" | "between" | "stale-after-reconnect";
-type Variant = "plain" | "patched" | "guarded" | "dmm";
-
-/** postgres.js connection-loss codes: the transaction's own connection may be gone. */
-const LOSS = /^(CONNECTION_CLOSED|CONNECTION_DESTROYED|CONNECTION_ENDED|ECONNRESET|EPIPE|ETIMEDOUT)$/;
+type Variant = "plain" | "patched" | "dmm";
 
 /** The code of a driver error, under Drizzle's query wrapper. */
 function codeOf(err: unknown): string {
   const inner = (err as { cause?: unknown } | null)?.cause ?? err;
   return String((inner as { code?: unknown } | null)?.code ?? (err as { code?: unknown } | null)?.code);
-}
-
-/** A postgres.js PendingQuery stand-in that rejects: awaitable, and with `.values()` (Drizzle uses both). */
-function rejectedQuery(err: Error): PromiseLike<never> & { values(): Promise<never> } {
-  return {
-    then: (onFulfilled, onRejected) => Promise.reject(err).then(onFulfilled, onRejected),
-    values: () => Promise.reject(err),
-  };
-}
-
-/**
- * The dmm-side workaround proposed for src/store/db.ts: `db.transaction(fn)` that never lets
- * postgres.js write to a connection the transaction lost.
- * 1. Once begin() has rejected (it races every transaction against its connection's close),
- *    the transaction's own handle refuses statements (they would go to a closed socket, or to
- *    the new session the pool opened on the same connection object, outside the transaction).
- * 2. The callback never settles once its connection is lost, so begin() never sends its own
- *    ROLLBACK or COMMIT to it; a loss-like error whose connection is still alive (begin() has
- *    not rejected within `graceMs`) is rethrown as usual.
- * A callback left pending holds nothing but its own closure, which is collected with it.
- */
-async function guardedTransaction<T>(db: PostgresJsDatabase, fn: (tx: PgTx) => Promise<T>, graceMs = 1_000): Promise<T> {
-  let lost = false;
-  let settled: Promise<void> | undefined;
-  const never = new Promise<never>(() => {});
-  const run = db.transaction(async (tx) => {
-    const scoped = (tx as unknown as { session: { client: postgres.Sql } }).session.client;
-    const unsafe = scoped.unsafe.bind(scoped);
-    (scoped as { unsafe: unknown }).unsafe = (...args: Parameters<postgres.Sql["unsafe"]>) =>
-      lost ? rejectedQuery(Object.assign(new Error("the transaction's connection was lost"), { code: "CONNECTION_CLOSED" })) : unsafe(...args);
-    let result: T;
-    try {
-      result = await fn(tx);
-    } catch (err) {
-      if (!LOSS.test(codeOf(err))) throw err;
-      await Promise.race([settled, delay(graceMs)]);
-      if (lost) return never;
-      throw err;
-    }
-    if (lost) return never;
-    return result;
-  });
-  settled = run.then(
-    () => {},
-    () => {
-      lost = true;
-    },
-  );
-  return run;
 }
 
 type PgTx = Parameters<Parameters<PostgresJsDatabase["transaction"]>[0]>[0];
@@ -107,11 +54,7 @@ async function child(url: string, c: Case, variant: Variant): Promise<void> {
   await admin`create table if not exists repro_t (v int)`;
   await admin`truncate repro_t`;
   const transaction = <T>(fn: (tx: PgTx) => Promise<T>): Promise<T> =>
-    variant === "guarded"
-      ? guardedTransaction(db, fn)
-      : variant === "dmm"
-        ? dmmGuardedTransaction(db, fn as unknown as Parameters<typeof dmmGuardedTransaction<T>>[1])
-        : db.transaction(fn);
+    variant === "dmm" ? guardedTransaction(db, fn as unknown as Parameters<typeof guardedTransaction<T>>[1]) : db.transaction(fn);
   let outcome: string;
   try {
     await transaction(async (tx) => {
@@ -155,7 +98,7 @@ if (process.env.REPRO_CHILD) {
   process.exit(0);
 } else {
   const pg = await startPostgresServer();
-  const variants: Variant[] = process.env.PG_DRIVER ? ["plain", "patched", "guarded", "dmm"] : ["plain", "guarded", "dmm"];
+  const variants: Variant[] = process.env.PG_DRIVER ? ["plain", "patched", "dmm"] : ["plain", "dmm"];
   try {
     for (const c of ["in-flight", "between", "stale-after-reconnect"] as Case[]) {
       for (const variant of variants) {
