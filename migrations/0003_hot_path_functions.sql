@@ -15,6 +15,27 @@
 -- Lock order: outbox rows before matters in take_and_claim, both SKIP LOCKED (never waits);
 -- matters in key order in finish_runs (see src/store/notify.ts).
 
+-- The lease stamp of both claims: of the matter row versions p_tids (locked by the caller),
+-- those that are claimable get p_owner's lease and a new fencing epoch. Returns them.
+CREATE FUNCTION "dmm"."stamp_leases"(p_tids tid[], p_owner text, p_lease_ms integer)
+RETURNS TABLE (identity text, cache jsonb, generation bigint, attempts integer, lease_epoch bigint)
+LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+BEGIN
+  RETURN QUERY
+  WITH stamped AS (
+    UPDATE "dmm"."dmm_matter" m SET
+      lease_owner = p_owner, lease_epoch = m.lease_epoch + 1,
+      lease_until = now() + p_lease_ms * interval '1 millisecond', updated_at = now()
+    WHERE m.ctid = ANY (p_tids)
+      AND (m.lease_owner IS NULL OR m.lease_until < now())
+      AND (CASE WHEN m.due_at IS NULL THEN m.generation > m.observed_generation ELSE m.due_at <= now() END)
+    RETURNING m.identity, m.cache, m.generation, m.attempts, m.lease_epoch
+  )
+  SELECT t.identity, t.cache, t.generation, t.attempts, t.lease_epoch FROM stamped t;
+END;
+$$;
+--> statement-breakpoint
 -- Postgres-only dispatch: take up to p_limit available outbox rows of one kind, oldest first,
 -- and lease their matters. Returns the claimed matters, plus one row with a null identity when
 -- none was claimed; `taken` on every row counts the outbox rows taken in all, `next_in_ms` says
@@ -96,13 +117,7 @@ BEGIN
 
   RETURN QUERY
   WITH claimed AS (
-    UPDATE "dmm"."dmm_matter" m SET
-      lease_owner = p_owner, lease_epoch = m.lease_epoch + 1,
-      lease_until = now() + p_lease_ms * interval '1 millisecond', updated_at = now()
-    WHERE m.ctid = ANY (v_tids)
-      AND (m.lease_owner IS NULL OR m.lease_until < now())
-      AND (CASE WHEN m.due_at IS NULL THEN m.generation > m.observed_generation ELSE m.due_at <= now() END)
-    RETURNING m.identity, m.cache, m.generation, m.attempts, m.lease_epoch
+    SELECT * FROM "dmm"."stamp_leases"(v_tids, p_owner, p_lease_ms)
   )
   SELECT c.identity, c.cache, c.generation, c.attempts, c.lease_epoch, r.reason, v_taken, v_next
   FROM claimed c JOIN unnest(v_ids, v_reasons) AS r(ident, reason) ON r.ident = c.identity
@@ -156,13 +171,7 @@ BEGIN
 
   RETURN QUERY
   WITH claimed AS (
-    UPDATE "dmm"."dmm_matter" m SET
-      lease_owner = p_owner, lease_epoch = m.lease_epoch + 1,
-      lease_until = now() + p_lease_ms * interval '1 millisecond', updated_at = now()
-    WHERE m.ctid = ANY (v_tids)
-      AND (m.lease_owner IS NULL OR m.lease_until < now())
-      AND (CASE WHEN m.due_at IS NULL THEN m.generation > m.observed_generation ELSE m.due_at <= now() END)
-    RETURNING m.identity, m.cache, m.generation, m.attempts, m.lease_epoch
+    SELECT * FROM "dmm"."stamp_leases"(v_tids, p_owner, p_lease_ms)
   )
   SELECT k.ord,
     CASE WHEN c.identity IS NOT NULL THEN 'claimed' WHEN k.pre = 'locked' THEN 'idle' ELSE k.pre END,

@@ -12,8 +12,9 @@ export interface RelayDeps {
   batchSize: number;
   pollIntervalMs: number;
   /**
-   * One take-publish-delete round; `more` when rows may be left (the relay goes on at once),
-   * `nextInMs` when the next row becomes available (null: none; the poll is the backstop).
+   * One take-publish-delete round; `more` when rows may be left. After a round that took
+   * nothing, `nextInMs` says when the next row becomes available (null: none; the poll is the
+   * backstop). A round that took rows is followed by another at once.
    */
   relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean; nextInMs: number | null }>;
 }
@@ -35,11 +36,11 @@ export function startRelay(deps: RelayDeps): Relay {
     let failures = 0;
     while (!stopper.signal.aborted) {
       wakeup.reset();
-      let more = false;
+      let again = false;
       let next: number | null = null;
       try {
         const r = await deps.relayOnce();
-        more = r.more;
+        again = r.more || r.taken > 0;
         next = r.nextInMs;
         if (failures > 0) deps.log.info("relay:recovered", { afterFailures: failures });
         failures = 0;
@@ -50,7 +51,7 @@ export function startRelay(deps: RelayDeps): Relay {
         await untilAborted(sleep(delay), stopper.signal);
         continue;
       }
-      if (more || wakeup.pending || next === 0) continue;
+      if (again || wakeup.pending) continue;
       const wait = next === null ? deps.pollIntervalMs : Math.min(deps.pollIntervalMs, Math.max(1, next));
       await untilAborted(wakeup.wait(wait), stopper.signal);
     }

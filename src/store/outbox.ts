@@ -64,6 +64,5 @@ export async function relayOutbox(
   }));
   await rows(db, sql`select s.gone, s.kept from dmm.relay_settle(${namespace}, ${jsonParam(settle)}) s`);
   const dispatched = settle.filter((s) => s.ok).length;
-  // After a round that took rows, the relay simply takes again (the answer says when to wait).
-  return { taken: batch.length, dispatched, deferred: batch.length - dispatched, more: taken[0]!.more, nextInMs: 0 };
+  return { taken: batch.length, dispatched, deferred: batch.length - dispatched, more: taken[0]!.more, nextInMs: null };
 }
