@@ -73,3 +73,50 @@ export class Wakeup {
     });
   }
 }
+
+/**
+ * The cancellation of one run. An `AbortController` costs more to create than a trivial run
+ * costs in all (its `AbortSignal` is an EventTarget), so the controller is made only when the
+ * run reads `ctx.signal`; the engine itself waits on the one `onAbort` slot.
+ */
+export class RunAbort {
+  #aborted = false;
+  #reason: unknown = undefined;
+  #controller: AbortController | undefined;
+  #listener: ((reason: unknown) => void) | undefined;
+
+  /** True once `abort` was called. */
+  get aborted(): boolean {
+    return this.#aborted;
+  }
+
+  /** What `abort` was called with. */
+  get reason(): unknown {
+    return this.#reason;
+  }
+
+  /** A standard signal that follows this abort (made on first read). */
+  get signal(): AbortSignal {
+    if (!this.#controller) {
+      this.#controller = new AbortController();
+      if (this.#aborted) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+
+  /** Aborts once; later calls are ignored. */
+  abort(reason: unknown): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
+    const listener = this.#listener;
+    this.#listener = undefined;
+    listener?.(reason);
+  }
+
+  /** Sets the one listener called on abort (undefined clears it). */
+  onAbort(listener: ((reason: unknown) => void) | undefined): void {
+    this.#listener = listener;
+  }
+}

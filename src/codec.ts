@@ -73,6 +73,48 @@ export function checkIdentity(kind: string, value: unknown): string {
  * `maxBytes`.
  */
 export function encodeCache(kind: string, identity: string, instance: object, maxBytes: number): string {
+  return flatFieldsOnly(instance) ? sized(kind, identity, JSON.stringify({ ...instance }), maxBytes) : encodeDeep(kind, identity, instance, maxBytes);
+}
+
+/**
+ * True when every own enumerable field is a well-formed string without NUL, a finite number, a
+ * boolean, null or undefined, under an ordinary field name: the common cache, which needs no
+ * walk (and none of its allocations) to be stored as it is.
+ */
+function flatFieldsOnly(instance: object): boolean {
+  for (const key in instance) {
+    if (!Object.hasOwn(instance, key)) return false;
+    if (key === "__proto__" || !key.isWellFormed() || key.includes("\u0000")) return false;
+    const value = (instance as Record<string, unknown>)[key];
+    switch (typeof value) {
+      case "string":
+        if (!value.isWellFormed() || value.includes("\u0000")) return false;
+        break;
+      case "number":
+        if (!Number.isFinite(value)) return false;
+        break;
+      case "boolean":
+      case "undefined":
+        break;
+      default:
+        if (value !== null) return false;
+    }
+  }
+  return true;
+}
+
+function sized(kind: string, identity: string, text: string, maxBytes: number): string {
+  // A UTF-16 code unit is at most 3 bytes of UTF-8: short texts need no count.
+  const bytes = text.length * 3 <= maxBytes ? 0 : Buffer.byteLength(text, "utf8");
+  if (bytes > maxBytes) {
+    throw new CacheTooLargeError(
+      `The cache of ${kind} ${describe(identity)} is ${bytes} bytes of JSON; the limit is ${maxBytes} bytes. Keep only what the materializer needs to compare with reality, or raise the bucket's maxCacheBytes.`,
+    );
+  }
+  return text;
+}
+
+function encodeDeep(kind: string, identity: string, instance: object, maxBytes: number): string {
   const seen = new Set<object>();
   let depth = 0;
   const check = (value: unknown, path: string): void => {
@@ -144,14 +186,7 @@ export function encodeCache(kind: string, identity: string, instance: object, ma
     seen.delete(obj);
   };
   check(instance, "");
-  const text = JSON.stringify({ ...instance });
-  const bytes = Buffer.byteLength(text, "utf8");
-  if (bytes > maxBytes) {
-    throw new CacheTooLargeError(
-      `The cache of ${kind} ${describe(identity)} is ${bytes} bytes of JSON; the limit is ${maxBytes} bytes. Keep only what the materializer needs to compare with reality, or raise the bucket's maxCacheBytes.`,
-    );
-  }
-  return text;
+  return sized(kind, identity, JSON.stringify({ ...instance }), maxBytes);
 }
 
 function invalid(kind: string, identity: string, path: string, what: string, fix: string): InvalidCacheError {

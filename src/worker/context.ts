@@ -4,6 +4,7 @@
 import { ConfigError } from "../errors.js";
 import type { Context, Logger, Materializer, MaterializerClass, MatterView, RunReason } from "../types.js";
 import type { NotifyItem, TouchItem } from "../store/notify.js";
+import type { RunAbort } from "../async.js";
 
 /** What a context needs from the bucket; injected so the worker stays free of I/O imports. */
 export interface ContextDeps {
@@ -20,18 +21,31 @@ export class RunContext implements Context {
   readonly touches: TouchItem[] = [];
   requeueMs: number | null = null;
 
+  #log: Logger | undefined;
+
   constructor(
     readonly kind: string,
     readonly identity: string,
     readonly reason: RunReason,
     readonly attempt: number,
     readonly generation: number,
-    readonly signal: AbortSignal,
-    readonly log: Logger,
+    private readonly abort: RunAbort,
+    private readonly baseLog: Logger,
     private readonly owner: string,
     private readonly epoch: number,
     private readonly deps: ContextDeps,
   ) {}
+
+  /** Aborts on lease loss, timeout or shutdown; made on first read (see RunAbort). */
+  get signal(): AbortSignal {
+    return this.abort.signal;
+  }
+
+  /** The bucket's logger with this run's kind, key and attempt; made on first read. */
+  get log(): Logger {
+    this.#log ??= this.baseLog.child({ kind: this.kind, key: this.identity, attempt: this.attempt });
+    return this.#log;
+  }
 
   notify(instance: Materializer): void {
     this.notifies.push(this.deps.prepareNotify(instance));

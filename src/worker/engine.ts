@@ -12,7 +12,7 @@ import type { LeaseKey, WorkerSession } from "../store/workers.js";
 import type { KindEntry } from "../registry.js";
 import { backoffDelay, resyncDelay } from "./backoff.js";
 import { RunContext, type ContextDeps } from "./context.js";
-import { sleep, untilAborted } from "../async.js";
+import { RunAbort, sleep, untilAborted } from "../async.js";
 import { storableText } from "../codec.js";
 
 /** A claimed matter, with the token that led to it (NATS dispatch) to settle after the finish. */
@@ -73,7 +73,7 @@ export interface RunEndEvent {
 }
 
 interface Lease extends LeaseKey {
-  controller: AbortController;
+  abort: RunAbort;
   token?: Claimed["token"];
 }
 
@@ -131,8 +131,10 @@ export class Engine {
     every(this.#deps.sweepIntervalMs, () => this.#sweep());
     every(this.#deps.deadWorkerCheckMs, () => this.#reap());
     // A worker that starts after others died picks up their leftovers at once, not one
-    // interval later.
-    void this.#reap().then(() => this.#sweep());
+    // interval later. Maintenance waits for the first interval: right after a bulk load it
+    // would analyze tables the claim functions do not need statistics for (migration 0003),
+    // in the middle of the first drain.
+    void this.#reap().then(() => this.#sweep(false));
   }
 
   /** The current worker id (changes if the session had to be re-opened). */
@@ -197,7 +199,7 @@ export class Engine {
       for (const key of lost) {
         const lease = this.#leases.get(leaseId(key.kind, key.identity));
         if (lease && lease.epoch === key.epoch) {
-          lease.controller.abort(new LeaseLostError(`The lease on ${key.kind} ${JSON.stringify(key.identity)} was lost (expired or taken over); the run is aborted.`));
+          lease.abort.abort(new LeaseLostError(`The lease on ${key.kind} ${JSON.stringify(key.identity)} was lost (expired or taken over); the run is aborted.`));
         }
       }
     } catch (err) {
@@ -207,7 +209,7 @@ export class Engine {
         this.#session = null;
         this.#deps.log.warn("worker:session:lost", { workerId: session.id, err: coerceError(err).message });
         for (const lease of this.#leases.values()) {
-          lease.controller.abort(new LeaseLostError("The worker lost its Postgres session; its leases may be reclaimed, so the run is aborted."));
+          lease.abort.abort(new LeaseLostError("The worker lost its Postgres session; its leases may be reclaimed, so the run is aborted."));
         }
         session.close().catch(() => {});
       }
@@ -216,7 +218,7 @@ export class Engine {
     }
   }
 
-  async #sweep(): Promise<void> {
+  async #sweep(maintain = true): Promise<void> {
     try {
       const n = await this.#deps.sweep();
       if (n > 0) {
@@ -226,7 +228,7 @@ export class Engine {
     } catch (err) {
       this.#deps.log.warn("sweep:error", { err: coerceError(err).message });
     }
-    if (!this.#deps.maintain || this.#maintenanceRefused) return;
+    if (!maintain || !this.#deps.maintain || this.#maintenanceRefused) return;
     try {
       const vacuumed = await this.#deps.maintain();
       if (vacuumed.length > 0) this.#deps.log.info("sweep:vacuum", { tables: vacuumed });
@@ -279,17 +281,20 @@ export class Engine {
     const { matter } = claimed;
     const started = performance.now();
     const attempt = matter.attempts + 1;
-    const log = this.#deps.log.child({ kind: matter.kind, key: matter.identity, attempt });
+    // Per-run lines carry their fields inline: a child logger per run would cost more than a
+    // trivial run (the context makes one only when the run reads ctx.log).
+    const log = this.#deps.log;
+    const fields = { kind: matter.kind, key: matter.identity, attempt };
     const timer = setTimeout(
-      () => lease.controller.abort(new RunTimeoutError(`The run of ${matter.kind} ${JSON.stringify(matter.identity)} exceeded its timeout of ${entry.timeoutMs} ms.`)),
+      () => lease.abort.abort(new RunTimeoutError(`The run of ${matter.kind} ${JSON.stringify(matter.identity)} exceeded its timeout of ${entry.timeoutMs} ms.`)),
       entry.timeoutMs,
     );
-    const ctx = new RunContext(matter.kind, matter.identity, matter.reason, attempt, matter.generation, lease.controller.signal, log, matter.owner, matter.epoch, this.#deps.context);
+    const ctx = new RunContext(matter.kind, matter.identity, matter.reason, attempt, matter.generation, lease.abort, log, matter.owner, matter.epoch, this.#deps.context);
     let outcome: FinishItem["outcome"] = "ok";
     let error: Error | undefined;
     let cacheText: string | null = null;
     this.stats.runs++;
-    log.debug("materialize:start", { reason: matter.reason, generation: matter.generation });
+    log.debug("materialize:start", { ...fields, reason: matter.reason, generation: matter.generation });
     try {
       const instance = new (entry.cls as MaterializerClass)() as Materializer & Record<string, unknown>;
       // defineProperty, not assignment: no class setter runs, and no field replaces the prototype.
@@ -298,8 +303,8 @@ export class Engine {
       }
       const before = instance.identity();
       // A prefetched matter whose lease was lost while it waited is not run at all.
-      if (lease.controller.signal.aborted) throw lease.controller.signal.reason;
-      await raceAbort(Promise.resolve().then(() => instance.materialize(ctx)), lease.controller.signal);
+      if (lease.abort.aborted) throw lease.abort.reason;
+      await raceAbort(Promise.resolve().then(() => instance.materialize(ctx)), lease.abort);
       const after = instance.identity();
       // A touched-only matter starts from `{}` (identity field empty); setting it to the real
       // identity is fine, anything else would file the cache under another key.
@@ -313,7 +318,7 @@ export class Engine {
       if (cacheText === JSON.stringify(matter.cache)) cacheText = null;
     } catch (thrown) {
       error = coerceError(thrown);
-      if (lease.controller.signal.aborted && lease.controller.signal.reason instanceof ClosedError) outcome = "release";
+      if (lease.abort.aborted && lease.abort.reason instanceof ClosedError) outcome = "release";
       else outcome = error instanceof TerminalError ? "park" : "fail";
     } finally {
       clearTimeout(timer);
@@ -355,21 +360,21 @@ export class Engine {
     const reported = saved ? outcome : "lost";
     if (reported === "ok") {
       this.stats.succeeded++;
-      log.debug("materialize:success", { durationMs: round(durationMs) });
+      log.debug("materialize:success", { ...fields, durationMs: round(durationMs) });
     } else if (reported === "fail") {
       this.stats.failed++;
-      log.warn("materialize:error", { durationMs: round(durationMs), retryInMs: item.dueInMs, err: short(error) });
+      log.warn("materialize:error", { ...fields, durationMs: round(durationMs), retryInMs: item.dueInMs, err: short(error) });
     } else if (reported === "park") {
       this.stats.parked++;
-      log.warn("materialize:parked", { err: short(error) });
+      log.warn("materialize:parked", { ...fields, err: short(error) });
     } else if (reported === "lost") {
       this.stats.leaseLost++;
-      log.warn("materialize:lease-lost", { durationMs: round(durationMs), outcome });
+      log.warn("materialize:lease-lost", { ...fields, durationMs: round(durationMs), outcome });
     }
     try {
       this.#deps.onRunEnd?.({ kind: matter.kind, identity: matter.identity, outcome: reported, reason: matter.reason, attempt, durationMs, error });
     } catch (err) {
-      log.warn("listener:error", { err: coerceError(err).message });
+      log.warn("listener:error", { ...fields, err: coerceError(err).message });
     }
   }
 
@@ -387,7 +392,7 @@ export class Engine {
     const id = leaseId(matter.kind, matter.identity);
     const known = this.#leases.get(id);
     if (known && known.epoch === matter.epoch) return known;
-    const lease: Lease = { kind: matter.kind, identity: matter.identity, epoch: matter.epoch, controller: new AbortController(), token: claimed.token };
+    const lease: Lease = { kind: matter.kind, identity: matter.identity, epoch: matter.epoch, abort: new RunAbort(), token: claimed.token };
     this.#leases.set(id, lease);
     return lease;
   }
@@ -493,7 +498,7 @@ export class Engine {
     await Promise.race([Promise.allSettled([...this.#runs]), grace]);
     if (this.#runs.size > 0) {
       this.#deps.log.warn("worker:stop:abort", { runs: this.#runs.size });
-      for (const lease of this.#leases.values()) lease.controller.abort(new ClosedError("The bucket is closing; the run is aborted and its lease released."));
+      for (const lease of this.#leases.values()) lease.abort.abort(new ClosedError("The bucket is closing; the run is aborted and its lease released."));
       await Promise.allSettled([...this.#runs]);
     }
     while (this.#flushing) await this.#flushing;
@@ -600,20 +605,19 @@ function leaseId(kind: string, identity: string): string {
   return `${kind}\u0000${identity}`;
 }
 
-function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+function raceAbort<T>(p: Promise<T>, abort: RunAbort): Promise<T> {
   // An abandoned run may still reject later: that must never be an unhandled rejection.
   p.catch(() => {});
-  if (signal.aborted) return Promise.reject(signal.reason);
+  if (abort.aborted) return Promise.reject(abort.reason);
   return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
+    abort.onAbort(reject);
     p.then(
       (v) => {
-        signal.removeEventListener("abort", onAbort);
+        abort.onAbort(undefined);
         resolve(v);
       },
       (e) => {
-        signal.removeEventListener("abort", onAbort);
+        abort.onAbort(undefined);
         reject(e);
       },
     );

@@ -56,4 +56,32 @@ describe("encodeCache", () => {
   it("measures the size limit in bytes of JSON", () => {
     expect(() => encodeCache("k", "a", Object.assign(new M(), { s: "é".repeat(50) }), 100)).toThrow(CacheTooLargeError);
   });
+
+  describe("on a cache of plain fields only (strings, numbers, booleans, null)", () => {
+    class Flat {
+      id = "a";
+      n = 1.5;
+      ok = true;
+      none = null;
+      gone = undefined;
+      identity() {
+        return this.id;
+      }
+    }
+
+    it("stores the same JSON as the full check would", () => {
+      expect(encodeCache("k", "a", new Flat(), 10_000)).toBe('{"id":"a","n":1.5,"ok":true,"none":null}');
+    });
+
+    it("still refuses what jsonb or JSON would not give back", () => {
+      for (const bad of [{ s: "a\u0000" }, { s: "\ud800" }, { n: NaN }, { n: Infinity }, { ["k\u0000"]: 1 }, { b: 1n }, { f: () => 1 }, { d: new Date(0) }]) {
+        expect(() => encodeCache("k", "a", Object.assign(new Flat(), bad), 10_000)).toThrow(InvalidCacheError);
+      }
+    });
+
+    it("still applies the byte limit, counted in UTF-8", () => {
+      expect(encodeCache("k", "a", Object.assign(new Flat(), { s: "é".repeat(10) }), 80)).toContain("é");
+      expect(() => encodeCache("k", "a", Object.assign(new Flat(), { s: "é".repeat(30) }), 80)).toThrow(CacheTooLargeError);
+    });
+  });
 });
