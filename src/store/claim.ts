@@ -3,7 +3,7 @@
  * need a run, many identities per statement (one commit serves a whole batch).
  */
 import { sql } from "drizzle-orm";
-import { rows, type Executor } from "./db.js";
+import { rows, SOFT_COMMIT, type Executor } from "./db.js";
 import type { RunReason } from "../types.js";
 
 /** A matter this worker now holds a lease on. */
@@ -86,7 +86,7 @@ export async function claimKeys(
   const result = await rows<ClaimRow>(
     exec,
     sql`select c.ord, c.status, c.cache, c.generation::text, c.attempts, c.epoch::text, c.reason, c.due_in_ms
-        from dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[]) c`,
+        from ${SOFT_COMMIT}, dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[]) c`,
   );
   return result.map((r, i) => toStatus(r, { kind, identity: identities[i]! }, owner));
 }
@@ -142,7 +142,7 @@ export async function takeAndClaim(
   const result = await rows<TakeRow & { taken: number; next_in_ms: number | null }>(
     exec,
     sql`select t.identity, t.cache, t.generation::text, t.attempts, t.epoch::text as lease_epoch, t.reason, t.taken, t.next_in_ms
-        from dmm.take_and_claim(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${limit}::int) t`,
+        from ${SOFT_COMMIT}, dmm.take_and_claim(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${limit}::int) t`,
   );
   const taken = result[0]?.taken ?? 0;
   const next = result[0]?.next_in_ms ?? null;

@@ -107,6 +107,18 @@ function wrap(client: postgres.Sql, owned: boolean): Database {
 
 /** Runs a query and returns its rows (postgres.js returns an array-like RowList). */
 /**
+ * A FROM item that makes the statement's own (implicit) transaction commit without waiting for
+ * its WAL to reach disk. For the dispatch bookkeeping only: takes, claims and the relay's
+ * marks. Losing one of those in a Postgres crash gives back what it took (the outbox row, a
+ * lease that the crash voids anyway, since every worker session and its advisory lock dies
+ * with Postgres and the reaper frees their leases), so nothing committed by a user is lost,
+ * and the wait for the flush (about half a millisecond here) left the path from a notify to
+ * its run. The next synchronous commit (a finish, a notify) flushes these too. Never use it
+ * for a statement inside a caller's transaction: it lasts to the end of the transaction.
+ */
+export const SOFT_COMMIT: SQL = sql.raw(`(select set_config('synchronous_commit', 'off', true)) as soft_commit`);
+
+/**
  * `DMM_TRACE=1` (a profiling aid): count every statement's calls, time and rows, and print the
  * totals to stderr when the process exits.
  */

@@ -4,7 +4,7 @@
  * by row id.
  */
 import { sql } from "drizzle-orm";
-import { jsonParam, rows, type Executor } from "./db.js";
+import { jsonParam, rows, SOFT_COMMIT, type Executor } from "./db.js";
 
 /** An outbox row on its way to becoming a token. */
 export interface OutboxRow {
@@ -46,7 +46,7 @@ export async function relayOutbox(
   const taken = await rows<{ id: string | null; kind: string; identity: string; tries: number; bumps: number; born: string; more: boolean; next_in_ms: number | null }>(
     db,
     sql`select r.id::text, r.kind, r.identity, r.tries, r.bumps, r.born, r.more, r.next_in_ms
-        from dmm.relay_take(${namespace}, ${limit}::int, ${RELAY_INFLIGHT_MS}::int) r`,
+        from ${SOFT_COMMIT}, dmm.relay_take(${namespace}, ${limit}::int, ${RELAY_INFLIGHT_MS}::int) r`,
   );
   const batch = taken
     .filter((r) => r.id !== null)
@@ -62,7 +62,7 @@ export async function relayOutbox(
     ok: results[i] === "ok",
     ms: Math.min(MAX_DEFER_MS, 20 * 2 ** Math.min(row.tries, 10)),
   }));
-  await rows(db, sql`select s.gone, s.kept from dmm.relay_settle(${namespace}, ${jsonParam(settle)}) s`);
+  await rows(db, sql`select s.gone, s.kept from ${SOFT_COMMIT}, dmm.relay_settle(${namespace}, ${jsonParam(settle)}) s`);
   const dispatched = settle.filter((s) => s.ok).length;
   return { taken: batch.length, dispatched, deferred: batch.length - dispatched, more: taken[0]!.more, nextInMs: null };
 }

@@ -66,7 +66,9 @@ async function stopWorker(child: ChildProcess): Promise<void> {
 describe.each(MODES)("with %s dispatch", (mode) => {
   it("never runs one identity in two worker processes at once under bursts of notifies", async () => {
     const { sql, namespace, bucket, a, b } = await startTwoWorkers(mode);
-    const ids = Array.from({ length: 20 }, (_, i) => `id-${i}`);
+    // More identities than one process holds at once (8 running plus at most 32 claimed
+    // ahead), so that both processes get work whichever wins the race for a burst.
+    const ids = Array.from({ length: 60 }, (_, i) => `id-${i}`);
     for (let round = 0; round < 10; round++) {
       await bucket.notify(ids.map((id, i) => Object.assign(new Probe(), { id, sleepMs: (i * 7 + round * 3) % 25 })));
       await new Promise((r) => setTimeout(r, 15));
