@@ -32,12 +32,16 @@ export interface TouchItem {
  */
 export async function notifyMatters(exec: Executor, namespace: string, items: NotifyItem[]): Promise<void> {
   if (items.length === 0) return;
-  const list = dedupe(items).map((i) => ({ kind: i.kind, identity: i.identity, cache: JSON.parse(i.cache) as unknown }));
+  // Each cache is JSON text from encodeCache already: spliced in as it is, not parsed and
+  // stringified again.
+  const list = `[${dedupe(items)
+    .map((i) => `{"kind":${JSON.stringify(i.kind)},"identity":${JSON.stringify(i.identity)},"cache":${i.cache}}`)
+    .join(",")}]`;
   await rows(
     exec,
     sql`insert into dmm.dmm_matter as m (namespace, kind, identity, cache, dispatched_at)
         select ${namespace}::text, x.kind, x.identity, x.cache, now()
-        from jsonb_to_recordset(${jsonParam(list)}) as x(kind text, identity text, cache jsonb)
+        from jsonb_to_recordset(${list}::jsonb) as x(kind text, identity text, cache jsonb)
         order by x.kind, x.identity
         on conflict (namespace, kind, identity) do update set
           cache = excluded.cache,
