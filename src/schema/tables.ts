@@ -4,7 +4,7 @@
  * they must not re-export them from the schema files their own drizzle.config.ts reads.
  */
 import { sql } from "drizzle-orm";
-import { bigint, boolean, index, integer, jsonb, pgSchema, primaryKey, text, timestamp, uniqueIndex } from "drizzle-orm/pg-core";
+import { bigint, boolean, index, integer, jsonb, pgSchema, primaryKey, text, timestamp } from "drizzle-orm/pg-core";
 
 /** The Postgres schema that holds every dmm table, function and trigger. */
 export const dmmSchema = pgSchema("dmm");
@@ -54,12 +54,13 @@ export const dmmMatter = dmmSchema.table(
 /**
  * Transactional outbox: one pending row per identity, written by the trigger on dmm_matter in
  * the notifying transaction. The relay (or, without NATS, the workers) take rows with
- * SKIP LOCKED and delete them by id once dispatched.
+ * SKIP LOCKED and delete them once dispatched.
  */
 export const dmmOutbox = dmmSchema.table(
   "dmm_outbox",
   {
-    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    /** Row id: orders rows of one availability time, and names a token (msgID) with `bumps`. */
+    id: bigint("id", { mode: "number" }).notNull().generatedAlwaysAsIdentity(),
     namespace: text("namespace").notNull(),
     kind: text("kind").notNull(),
     identity: text("identity").notNull(),
@@ -82,7 +83,11 @@ export const dmmOutbox = dmmSchema.table(
     createdAt: timestamp("created_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
   },
   (t) => [
-    uniqueIndex("dmm_outbox_key_idx").on(t.namespace, t.kind, t.identity),
+    /**
+     * One row per identity; also how the relay finds its rows again. No index on `id` alone: an
+     * index fewer to write for every notify of an identity that is not pending yet.
+     */
+    primaryKey({ name: "dmm_outbox_pkey", columns: [t.namespace, t.kind, t.identity] }),
     /**
      * Takes go kind by kind, oldest first: an ordered scan, never a sort (the relay walks the
      * kinds of its namespace with a skip scan over the same index).

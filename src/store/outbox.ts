@@ -57,6 +57,8 @@ export async function relayOutbox(
   }
   const results = await publish(batch);
   const settle = batch.map((row, i) => ({
+    kind: row.kind,
+    identity: row.identity,
     id: row.id,
     bumps: row.bumps,
     ok: results[i] === "ok",
