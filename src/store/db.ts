@@ -105,7 +105,6 @@ function wrap(client: postgres.Sql, owned: boolean): Database {
   };
 }
 
-/** Runs a query and returns its rows (postgres.js returns an array-like RowList). */
 /**
  * A FROM item that makes the statement's own (implicit) transaction commit without waiting for
  * its WAL to reach disk. For the dispatch bookkeeping only: takes, claims and the relay's
@@ -131,15 +130,40 @@ function trace(query: SQL, ms: number, n: number): void {
   traced.set(key, t);
 }
 if (TRACE) process.on("exit", () => { for (const [k, t] of traced) console.error(`${t.n}\t${t.ms.toFixed(0)}ms\t${(t.ms / t.n).toFixed(2)}ms/call\t${(t.rows / t.n).toFixed(1)} rows/call\t${k}`); });
+/**
+ * Runs a query and returns its rows (postgres.js returns an array-like RowList).
+ *
+ * As a prepared statement: Drizzle's `execute` sends raw SQL unnamed, and postgres.js then
+ * describes every such statement first (Parse and Describe, wait for the parameter types, then
+ * Bind and Execute): two round trips, a parse and a plan each time, and a stall whenever the
+ * event loop is busy between the two, which under load made a statement take 10x its server
+ * time. dmm's statement texts are a small fixed set, so each connection prepares each once.
+ * A client made with `prepare: false` (for a transaction-mode pooler) keeps that setting.
+ */
 export async function rows<T>(exec: Executor, query: SQL): Promise<T[]> {
   try {
     const t0 = TRACE ? performance.now() : 0;
-    const result = (await exec.execute(query)) as unknown;
+    const direct = postgresJsOf(exec);
+    let result: unknown;
+    if (direct) {
+      const q = direct.dialect.sqlToQuery(query);
+      result = await direct.client.unsafe(q.sql, q.params as never[], { prepare: true });
+    } else {
+      result = await exec.execute(query);
+    }
     if (TRACE) trace(query, performance.now() - t0, Array.isArray(result) ? result.length : 0);
     return (Array.isArray(result) ? result : ((result as { rows?: T[] }).rows ?? [])) as T[];
   } catch (err) {
     throw asConnectionError(err);
   }
+}
+
+/** The postgres.js client and SQL dialect behind a Drizzle database or transaction, if that is what it is. */
+function postgresJsOf(exec: Executor): { client: postgres.Sql; dialect: { sqlToQuery(q: SQL): { sql: string; params: unknown[] } } } | null {
+  const e = exec as unknown as { session?: { client?: postgres.Sql }; dialect?: { sqlToQuery?: unknown } };
+  const client = e.session?.client;
+  if (!client || typeof client.unsafe !== "function" || typeof e.dialect?.sqlToQuery !== "function") return null;
+  return { client, dialect: e.dialect as { sqlToQuery(q: SQL): { sql: string; params: unknown[] } } };
 }
 
 /**

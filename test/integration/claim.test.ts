@@ -3,7 +3,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { drizzle } from "drizzle-orm/postgres-js";
-import { claimKeys, notifyMatters } from "../../src/store/index.js";
+import { claimKeys, notifyMatters, takeAndClaim } from "../../src/store/index.js";
 import { useTestEnvironment } from "../harness/setup.js";
 
 const env = useTestEnvironment();
@@ -18,6 +18,31 @@ describe("claimKeys", () => {
     expect(statuses.map((s) => s.status)).toEqual(["claimed", "claimed", "idle"]);
     const [row] = await sql`select lease_epoch::int as epoch from dmm.dmm_matter where namespace = ${ns} and identity = 'a'`;
     expect(row!.epoch).toBe(1);
+    await sql.close();
+  });
+});
+
+describe("rows", () => {
+  it("runs dmm's statements as prepared statements, parsed once per connection", async () => {
+    const sql = env.sql({ max: 1 });
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    for (let i = 0; i < 3; i++) await notifyMatters(db, ns, [{ kind: "k", identity: `p${i}`, cache: "{}" }]);
+    await takeAndClaim(db, ns, "owner-1", 30_000, "k", 10);
+    await takeAndClaim(db, ns, "owner-1", 30_000, "k", 10);
+    const prepared = await sql<{ statement: string }[]>`select statement from pg_prepared_statements`;
+    expect(prepared.filter((p) => p.statement.includes("insert into dmm.dmm_matter"))).toHaveLength(1);
+    expect(prepared.filter((p) => p.statement.includes("dmm.take_and_claim("))).toHaveLength(1);
+    await sql.close();
+  });
+
+  it("keeps a client's prepare: false (for a transaction-mode pooler)", async () => {
+    const sql = env.sql({ max: 1, prepare: false });
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    await notifyMatters(db, ns, [{ kind: "k", identity: "u", cache: "{}" }]);
+    expect((await takeAndClaim(db, ns, "owner-1", 30_000, "k", 10)).claimed.map((m) => m.identity)).toEqual(["u"]);
+    expect(await sql`select statement from pg_prepared_statements`).toEqual([]);
     await sql.close();
   });
 });

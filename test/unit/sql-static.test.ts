@@ -31,6 +31,16 @@ const ALLOWED: Record<string, string> = {
     "reads dmm's migration bookkeeping table, named by module constants; identifiers cannot be bind parameters",
 };
 
+/**
+ * Reviewed uses whose text is not a constant but the output of Drizzle's own compiler: the SQL
+ * of a tagged `sql` template, every value in it a bind parameter. Exempt from the constants
+ * check, listed here with the reason.
+ */
+const COMPILED: Record<string, string> = {
+  "store/db.ts: result = await direct.client.unsafe(q.sql, q.params as never[], { prepare: true });":
+    "runs `dialect.sqlToQuery(query)` of a tagged template (what Drizzle's execute runs) as a prepared statement; values travel in q.params",
+};
+
 interface Use {
   /** `file: first line of the call`, the key of ALLOWED. */
   key: string;
@@ -135,14 +145,14 @@ describe("SQL built by src/", () => {
   const uses = findUses(parseFiles(sourceFiles(SRC).map((f) => [f, readFileSync(f, "utf8")])), SRC);
 
   it("splices only constants into SQL text through sql.raw, sql.identifier, unsafe or execute(string)", () => {
-    const bad = uses.filter((u) => u.problem !== null).map((u) => `${u.where} ${u.problem}`);
+    const bad = uses.filter((u) => u.problem !== null && !(u.key in COMPILED)).map((u) => `${u.where} ${u.problem}`);
     expect(bad, "build the statement as a tagged template so that values become bind parameters").toEqual([]);
   });
 
   it("has a reviewed reason for every raw SQL use, and no stale entry in the list", () => {
     // Two uses on one line share a key (and a reason).
     const found = [...new Set(uses.map((u) => u.key))].sort();
-    expect(found, "add new raw SQL uses to ALLOWED with the reason they are safe, or remove stale entries").toEqual(Object.keys(ALLOWED).sort());
+    expect(found, "add new raw SQL uses to ALLOWED with the reason they are safe, or remove stale entries").toEqual([...Object.keys(ALLOWED), ...Object.keys(COMPILED)].sort());
   });
 
   it("flags raw SQL built from variables, concatenation or imported non-constants (the scanner is not blind)", () => {
