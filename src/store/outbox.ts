@@ -16,6 +16,8 @@ export interface OutboxRow {
   bumps: number;
   /** When the row was created, in µs since the epoch (as text): with id and bumps, the token's msgID. */
   born: string;
+  /** The row version the take marked (its ctid, as text): where the settle finds the row again. */
+  tid: string;
 }
 
 /** What the publisher made of one row: dispatched, refused because a token is pending, or failed. */
@@ -43,14 +45,14 @@ export async function relayOutbox(
   limit: number,
   publish: (batch: OutboxRow[]) => Promise<DispatchResult[]>,
 ): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean; nextInMs: number | null }> {
-  const taken = await rows<{ id: string | null; kind: string; identity: string; tries: number; bumps: number; born: string; more: boolean; next_in_ms: number | null }>(
+  const taken = await rows<{ id: string | null; kind: string; identity: string; tries: number; bumps: number; born: string; tid: string; more: boolean; next_in_ms: number | null }>(
     db,
-    sql`select r.id::text, r.kind, r.identity, r.tries, r.bumps, r.born, r.more, r.next_in_ms
+    sql`select r.id::text, r.kind, r.identity, r.tries, r.bumps, r.born, r.tid, r.more, r.next_in_ms
         from ${SOFT_COMMIT}, dmm.relay_take(${namespace}, ${limit}::int, ${RELAY_INFLIGHT_MS}::int) r`,
   );
   const batch = taken
     .filter((r) => r.id !== null)
-    .map((r) => ({ id: Number(r.id), kind: r.kind, identity: r.identity, tries: r.tries, bumps: r.bumps, born: r.born }));
+    .map((r) => ({ id: Number(r.id), kind: r.kind, identity: r.identity, tries: r.tries, bumps: r.bumps, born: r.born, tid: r.tid }));
   if (batch.length === 0) {
     const next = taken[0]?.next_in_ms ?? null;
     return { taken: 0, dispatched: 0, deferred: 0, more: false, nextInMs: next === null ? null : Math.max(0, next) };
@@ -59,6 +61,7 @@ export async function relayOutbox(
   const settle = batch.map((row, i) => ({
     kind: row.kind,
     identity: row.identity,
+    tid: row.tid,
     id: row.id,
     bumps: row.bumps,
     ok: results[i] === "ok",

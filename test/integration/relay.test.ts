@@ -1,9 +1,12 @@
 /**
  * The relay's in-flight mark. A relay marks the outbox rows it publishes (`relay_until`, no
  * transaction spans the publish); a relay that dies mid-round leaves its rows marked. A notify
- * on such a row must not wait out the mark: found by the chaos run as 10-second delays.
+ * on such a row must not wait out the mark: found by the chaos run as 10-second delays. And a
+ * round's settle, which finds its rows by the row version its take marked.
  */
 import { describe, expect, it } from "vitest";
+import { drizzle } from "drizzle-orm/postgres-js";
+import { notifyMatters, relayOutbox } from "../../src/store/index.js";
 import type { BucketInternals } from "../../src/bucket.js";
 import type { Context } from "../../src/types.js";
 import type { RunEndEvent } from "../../src/worker/engine.js";
@@ -43,6 +46,29 @@ describe("an outbox row a dead relay left in flight", () => {
     expect(runs.filter((r) => r.outcome === "ok")).toHaveLength(1);
     await bucket.close();
     await work;
+    await sql.close();
+  });
+});
+
+describe("a relay round (relayOutbox)", () => {
+  it("deletes what it published, keeps a row a notify bumped during the publish, and defers a refused one", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    await notifyMatters(db, ns, ["a", "b", "c"].map((identity) => ({ kind: "k", identity, cache: "{}" })));
+    const r = await relayOutbox(db, ns, 10, async (batch) => {
+      expect(batch.map((row) => row.identity).sort()).toEqual(["a", "b", "c"]);
+      // A notify of b commits while its token is on the way: b must get another token.
+      await notifyMatters(db, ns, [{ kind: "k", identity: "b", cache: '{"v":2}' }]);
+      return batch.map((row) => (row.identity === "c" ? "busy" : "ok"));
+    });
+    expect(r).toMatchObject({ taken: 3, dispatched: 2, deferred: 1 });
+    const left = await sql`select identity, bumps, tries, relay_until is null as unmarked, available_at <= now() as available
+                           from dmm.dmm_outbox where namespace = ${ns} order by identity`;
+    expect(left).toEqual([
+      { identity: "b", bumps: 1, tries: 0, unmarked: true, available: true },
+      { identity: "c", bumps: 0, tries: 1, unmarked: true, available: false },
+    ]);
     await sql.close();
   });
 });
