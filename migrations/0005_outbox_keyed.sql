@@ -78,8 +78,13 @@ $$;
 -- unless a notify bumped it meanwhile; a refused or failed row waits `ms` and counts a try.
 -- A row a notify bumped since the take is a newer version at another ctid, and is left as the
 -- notify left it (available, with its mark cleared), which is what the settle would do to it;
--- a slot that now holds another row (another id) is left alone too. Rows are locked in key
--- order (the order of the outbox trigger's upserts). Returns how many were deleted and kept.
+-- a slot that now holds another row (another id) is left alone too. So is a row another
+-- transaction holds locked (SKIP LOCKED): only a bump locks an outbox row (a notify, a finish
+-- putting its matter back, the sweep), so it is the case above in the making, and the settle
+-- never waits. Waiting deadlocked: a finish with ctx.notify children locks its own matter's
+-- outbox row before its children's, out of key order. If that bump rolls back, the row comes
+-- back when its mark runs out and its token (same msgID) is dropped as a duplicate.
+-- Returns how many rows were deleted and kept.
 CREATE OR REPLACE FUNCTION "dmm"."relay_settle"(p_namespace text, p_items jsonb)
 RETURNS TABLE (gone integer, kept integer)
 LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $$
@@ -104,7 +109,7 @@ BEGIN
   CROSS JOIN LATERAL (
     SELECT o.ctid AS otid, o.id AS oid, o.bumps FROM "dmm"."dmm_outbox" o
     WHERE o.ctid = s.tid AND o.namespace = p_namespace
-    FOR UPDATE
+    FOR UPDATE SKIP LOCKED
   ) l
   WHERE l.oid = s.id;
 

@@ -71,4 +71,23 @@ describe("a relay round (relayOutbox)", () => {
     ]);
     await sql.close();
   });
+
+  it("does not wait for a row another transaction holds locked (a bump in the making), and leaves it marked", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    await notifyMatters(db, ns, ["a", "b"].map((identity) => ({ kind: "k", identity, cache: "{}" })));
+    const holder = await sql.reserve();
+    const r = await relayOutbox(db, ns, 10, async (batch) => {
+      await holder`begin`;
+      await holder`select 1 from dmm.dmm_outbox where namespace = ${ns} and identity = 'a' for update`;
+      return batch.map(() => "ok");
+    });
+    expect(r).toMatchObject({ taken: 2, dispatched: 2 });
+    await holder`rollback`;
+    holder.release();
+    const left = await sql`select identity, relay_until is not null as marked from dmm.dmm_outbox where namespace = ${ns}`;
+    expect(left).toEqual([{ identity: "a", marked: true }]);
+    await sql.close();
+  });
 });
