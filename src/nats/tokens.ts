@@ -106,6 +106,19 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
   });
   const stream = streamName(namespace);
   const acks = createAckCollector(nc);
+  // `js.consumers.get` asks the server for the consumer's info on every call: one handle per
+  // kind serves every pull instead (dropped when a pull fails, so a re-created consumer is
+  // looked up again).
+  const consumers = new Map<string, ReturnType<typeof js.consumers.get>>();
+  const consumerOf = (kind: string) => {
+    let c = consumers.get(kind);
+    if (!c) {
+      c = js.consumers.get(stream, consumerName(kind));
+      consumers.set(kind, c);
+      c.catch(() => consumers.get(kind) === c && consumers.delete(kind));
+    }
+    return c;
+  };
 
   return {
     connection: nc,
@@ -132,6 +145,7 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
       }
     },
     async ensureConsumer(kind) {
+      consumers.delete(kind);
       const config = {
         durable_name: consumerName(kind),
         filter_subject: kindSubjects(namespace, kind),
@@ -155,8 +169,14 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
       return acks.publish(keys.map((k) => ({ subject: tokenSubject(namespace, k.kind, k.identity), msgId: k.msgId })));
     },
     async *fetch(kind, max, expiresMs, onGarbage, signal) {
-      const consumer = await js.consumers.get(stream, consumerName(kind));
-      const iter = await consumer.fetch({ max_messages: max, expires: expiresMs });
+      const handle = consumerOf(kind);
+      let iter: Awaited<ReturnType<Awaited<typeof handle>["fetch"]>>;
+      try {
+        iter = await (await handle).fetch({ max_messages: max, expires: expiresMs });
+      } catch (err) {
+        if (consumers.get(kind) === handle) consumers.delete(kind);
+        throw err;
+      }
       const stop = () => iter.stop();
       signal?.addEventListener("abort", stop, { once: true });
       try {
@@ -169,6 +189,9 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
           }
           yield toToken(key, msg);
         }
+      } catch (err) {
+        if (consumers.get(kind) === handle) consumers.delete(kind);
+        throw err;
       } finally {
         signal?.removeEventListener("abort", stop);
       }
