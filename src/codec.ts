@@ -84,11 +84,11 @@ export function encodeCache(kind: string, identity: string, instance: object, ma
 function flatFieldsOnly(instance: object): boolean {
   for (const key in instance) {
     if (!Object.hasOwn(instance, key)) return false;
-    if (key === "__proto__" || !key.isWellFormed() || key.includes("\u0000")) return false;
+    if (key === "__proto__" || !jsonbSafe(key)) return false;
     const value = (instance as Record<string, unknown>)[key];
     switch (typeof value) {
       case "string":
-        if (!value.isWellFormed() || value.includes("\u0000")) return false;
+        if (!jsonbSafe(value)) return false;
         break;
       case "number":
         if (!Number.isFinite(value)) return false;
@@ -101,6 +101,11 @@ function flatFieldsOnly(instance: object): boolean {
     }
   }
   return true;
+}
+
+/** Text jsonb can hold: no NUL character, no lone surrogate. */
+function jsonbSafe(s: string): boolean {
+  return s.isWellFormed() && !s.includes("\u0000");
 }
 
 function sized(kind: string, identity: string, text: string, maxBytes: number): string {
@@ -120,7 +125,7 @@ function encodeDeep(kind: string, identity: string, instance: object, maxBytes: 
   const check = (value: unknown, path: string): void => {
     switch (typeof value) {
       case "string":
-        if (!value.isWellFormed() || value.includes("\u0000")) {
+        if (!jsonbSafe(value)) {
           throw invalid(kind, identity, path, "a string with a NUL character or a lone surrogate", "remove or escape those characters");
         }
         return;
@@ -178,7 +183,7 @@ function encodeDeep(kind: string, identity: string, instance: object, maxBytes: 
       if (path === "" && key === "__proto__") {
         throw invalid(kind, identity, key, "a field named __proto__", "rename the field (restoring it would replace the instance's prototype)");
       }
-      if (!key.isWellFormed() || key.includes("\u0000")) {
+      if (!jsonbSafe(key)) {
         throw invalid(kind, identity, `${path}.${key}`, "a field name with a NUL character or a lone surrogate", "rename the field");
       }
       check((obj as Record<string, unknown>)[key], path === "" ? key : `${path}.${key}`);

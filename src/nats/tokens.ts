@@ -107,16 +107,11 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
   const stream = streamName(namespace);
   const acks = createAckCollector(nc);
   // `js.consumers.get` asks the server for the consumer's info on every call: one handle per
-  // kind serves every pull instead (dropped when a pull fails, so a re-created consumer is
-  // looked up again).
+  // kind serves every pull instead (dropped when a pull fails, see fetch).
   const consumers = new Map<string, ReturnType<typeof js.consumers.get>>();
   const consumerOf = (kind: string) => {
     let c = consumers.get(kind);
-    if (!c) {
-      c = js.consumers.get(stream, consumerName(kind));
-      consumers.set(kind, c);
-      c.catch(() => consumers.get(kind) === c && consumers.delete(kind));
-    }
+    if (!c) consumers.set(kind, (c = js.consumers.get(stream, consumerName(kind))));
     return c;
   };
 
@@ -170,16 +165,11 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
     },
     async *fetch(kind, max, expiresMs, onGarbage, signal) {
       const handle = consumerOf(kind);
-      let iter: Awaited<ReturnType<Awaited<typeof handle>["fetch"]>>;
+      let stop: (() => void) | undefined;
       try {
-        iter = await (await handle).fetch({ max_messages: max, expires: expiresMs });
-      } catch (err) {
-        if (consumers.get(kind) === handle) consumers.delete(kind);
-        throw err;
-      }
-      const stop = () => iter.stop();
-      signal?.addEventListener("abort", stop, { once: true });
-      try {
+        const iter = await (await handle).fetch({ max_messages: max, expires: expiresMs });
+        stop = () => iter.stop();
+        signal?.addEventListener("abort", stop, { once: true });
         for await (const msg of iter) {
           const key = parseTokenSubject(namespace, msg.subject);
           if (!key || key.kind !== kind) {
@@ -190,10 +180,11 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
           yield toToken(key, msg);
         }
       } catch (err) {
+        // The consumer may be gone (deleted, the server restarted): look it up afresh next time.
         if (consumers.get(kind) === handle) consumers.delete(kind);
         throw err;
       } finally {
-        signal?.removeEventListener("abort", stop);
+        if (stop) signal?.removeEventListener("abort", stop);
       }
     },
     async purge() {

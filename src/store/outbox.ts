@@ -1,7 +1,7 @@
 /**
  * The relay's side of the outbox: take available rows with SKIP LOCKED (so many relays share
  * the work), hand them to a publisher, then delete what was dispatched and defer what was not,
- * by row id.
+ * finding each row again by the row version the take marked.
  */
 import { sql } from "drizzle-orm";
 import { jsonParam, rows, SOFT_COMMIT, type Executor } from "./db.js";
