@@ -70,8 +70,8 @@ describe.each(MODES)("with %s dispatch", (mode) => {
       async materialize(ctx: Context) {
         if (ctx.generation === 1) {
           started.resolve();
-          // At least 300 ms, and long enough for all 50 notifies to land on a slow machine.
-          await Promise.all([new Promise((r) => setTimeout(r, 300)), notified.promise]);
+          // Until all 50 notifies have committed.
+          await notified.promise;
         }
       }
     }
@@ -432,7 +432,8 @@ describe.each(MODES)("with %s dispatch", (mode) => {
                              where datname = ${db} and state like 'idle in transaction%'`;
       expect(idle).toEqual([]);
       samples++;
-      await new Promise((r) => setTimeout(r, 100));
+      // Sampling the run's 5 s, not waiting for anything.
+      await new Promise((r) => setTimeout(r, 20));
     }
     expect(samples).toBeGreaterThan(20);
     await bucket.close();
@@ -554,6 +555,7 @@ describe.each(MODES)("with %s dispatch", (mode) => {
     const bucket = await env.open(mode, { shutdownGraceMs: 5_000 });
     const sql = env.sql();
     const started = deferred();
+    const release = deferred();
     class Queued {
       id = "";
       identity() {
@@ -561,7 +563,7 @@ describe.each(MODES)("with %s dispatch", (mode) => {
       }
       async materialize() {
         started.resolve();
-        await new Promise((r) => setTimeout(r, 300));
+        await release.promise;
       }
     }
     const stream = bucket.register("queued", Queued);
@@ -569,7 +571,10 @@ describe.each(MODES)("with %s dispatch", (mode) => {
     const work = stream.work({ concurrency: 1, prefetch: 10 });
     await bucket.notify(Array.from({ length: 6 }, (_, i) => Object.assign(new Queued(), { id: `q${i}` })));
     await started.promise;
-    await bucket.close();
+    // The close begins with a run in flight and the rest prefetched; the run then ends.
+    const closing = bucket.close();
+    release.resolve();
+    await closing;
     await work;
     expect(runs.length).toBeGreaterThanOrEqual(1);
     const rows = await sql`select identity, attempts, lease_owner, generation > observed_generation as dirty
