@@ -12,7 +12,7 @@ export const dmmSchema = pgSchema("dmm");
 /**
  * One row per (namespace, kind, identity): the cache plus bookkeeping. Hot columns that change
  * on every claim and finish (lease_*, cache, attempts, observed_generation) are not indexed,
- * so those updates stay HOT; the table is created with fillfactor 70 for the same reason.
+ * so those updates stay HOT; the table has fillfactor 40 for the same reason (migration 0006 says why).
  */
 export const dmmMatter = dmmSchema.table(
   "dmm_matter",

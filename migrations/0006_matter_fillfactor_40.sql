@@ -1,0 +1,13 @@
+-- Custom migration: matters are inserted into pages with 60 % free, so that a batch claim and the finish after it stay HOT updates.
+--
+-- A drain claims matters in the order they were notified, so one claim updates every matter of
+-- a page in one transaction: none of the old versions can be pruned before it commits, and a
+-- claimed version is larger than the inserted one (lease owner and expiry). With fillfactor 70,
+-- 40-45 % of the claims and finishes of a 20k drain did not fit on their page: each of those
+-- wrote a lock record, a new-page update and a primary-key entry instead of one HOT update
+-- (pg_waldump of the drain: 2.9 heap lock records per matter instead of 2). With 40, every
+-- update of the drain was HOT: WAL per item -24 %, Postgres CPU -30 %.
+-- The cost is table size: 2.5 times the packed size where 70 made it 1.4 times.
+-- The setting applies to pages filled from now on; `VACUUM FULL dmm.dmm_matter`
+-- (which locks the table) repacks existing ones.
+ALTER TABLE "dmm"."dmm_matter" SET (fillfactor = 40);
