@@ -39,6 +39,7 @@ import { Engine, runKind, type EngineStats, type RunEndEvent } from "./worker/en
 import { createOutboxSource, createSwitchingSource, createTokenSource, type WakeableSource } from "./worker/sources.js";
 import type { ContextDeps } from "./worker/context.js";
 import { startRelay, type Relay } from "./relay/relay.js";
+import { relayMessages } from "./relay/batches.js";
 import { sleep, untilAborted } from "./async.js";
 
 /** Options of `stream.work()`. */
@@ -395,7 +396,8 @@ class BucketImpl implements Bucket, BucketInternals {
         expiresMs: Math.max(1_000, options.pollIntervalMs * 5),
         fetch: (max, expiresMs, signal) =>
           tokens.fetch(entry.kind, max, expiresMs, (subject) => options.logger.warn("tokens:garbage", { subject }), signal),
-        claim: async (keys) => claimKeys(this.db.db, namespace, await engine.owner(), options.leaseMs, entry.kind, keys.map((k) => k.identity)),
+        claim: async (keys) =>
+          claimKeys(this.db.db, namespace, await engine.owner(), options.leaseMs, entry.kind, keys.map((k) => k.identity), keys.map((k) => k.origin)),
       });
       const switching = createSwitchingSource(fromTokens, outbox, () => this.#fallback);
       this.#switching.add(switching);
@@ -415,17 +417,13 @@ class BucketImpl implements Bucket, BucketInternals {
     const tokens = this.tokens!;
     let failed = false;
     const result = await relayOutbox(this.db.db, this.namespace, this.options.relayBatchSize, async (batch) => {
-      const { results, errors } = await tokens.publish(
-        // Unique per enqueue: a bumped row is a new token, and a database re-created with the
-        // same namespace (row ids start over) never collides with the old one's tokens within
-        // JetStream's duplicate window. A dead relay's plain retry is still a duplicate.
-        batch.map((r) => ({ kind: r.kind, identity: r.identity, msgId: `${this.namespace}:${r.id}:${r.bumps}:${r.born}` })),
-      );
+      const round = relayMessages(this.namespace, batch);
+      const { results, errors } = await tokens.publish(round.messages);
       if (errors.length > 0) {
-        failed = errors.length === batch.length;
+        failed = errors.length === round.messages.length;
         this.options.logger.warn("relay:publish:error", { failed: errors.length, err: String((errors[0] as Error)?.message ?? errors[0]) });
       }
-      return results;
+      return round.perRow(results);
     });
     this.#relayFailures = failed ? this.#relayFailures + 1 : 0;
     if (this.#relayFailures >= 3) this.#setFallback(true, "JetStream refuses publishes");

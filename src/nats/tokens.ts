@@ -2,6 +2,7 @@
  * dmm's use of NATS JetStream: one work-queue stream per bucket holding at most one token per
  * identity, one shared pull consumer per kind, publishing tokens and fetching them.
  */
+import { createHash } from "node:crypto";
 import { connect, createInbox, headers, type Msg, type NatsConnection, type NodeConnectionOptions } from "@nats-io/transport-node";
 import {
   AckPolicy,
@@ -17,7 +18,7 @@ import {
   type StreamConfig,
 } from "@nats-io/jetstream";
 import { ConfigError, ConnectionError } from "../errors.js";
-import { bucketSubjects, consumerName, kindSubjects, parseTokenSubject, streamName, tokenSubject } from "./subjects.js";
+import { batchBody, batchSubject, bucketSubjects, type BatchEntry, consumerName, kindSubjects, parseBatchBody, parseBatchSubject, parseTokenSubject, streamName, tokenSubject } from "./subjects.js";
 
 /** JetStream's "maximum messages per subject exceeded": a token is already pending or running. */
 export const ERR_SUBJECT_FULL = 10077;
@@ -35,7 +36,21 @@ export interface Token {
   nak(ms: number): void;
   /** Tell JetStream the run is still going (extends the ack wait). */
   working(): void;
+  /**
+   * Part of a batch token: the message is settled once every identity of it is (acked when all
+   * were, redelivered as a whole when any was nak'ed), so a retry of one identity is better kept
+   * in memory than nak'ed.
+   */
+  readonly batched?: boolean;
+  /**
+   * A batch token's identity: the outbox row it was relayed from. The claim leaves the matter
+   * to a newer outbox row of the identity, if there is one (see claimKeys).
+   */
+  readonly origin?: { row: number; bumps: number };
 }
+
+/** What the relay publishes: one identity's token, or a batch token naming many of a kind. */
+export type TokenMessage = { kind: string; identity: string; msgId: string } | { kind: string; batch: BatchEntry[]; msgId: string };
 
 /** Result of publishing one token. */
 export type PublishResult = "ok" | "busy" | "error";
@@ -47,13 +62,17 @@ export interface Tokens {
   ensureStream(): Promise<void>;
   /** Creates or updates the shared consumer of `kind`. */
   ensureConsumer(kind: string): Promise<void>;
-  /** Publishes one token per key; duplicates (same msgID in the window) count as ok. */
-  publish(keys: { kind: string; identity: string; msgId: string }[]): Promise<{ results: PublishResult[]; errors: unknown[] }>;
   /**
-   * Pulls up to `max` tokens of `kind`, waiting at most `expiresMs` for them. Messages that are
-   * not dmm tokens are acked away and reported through `onGarbage`.
+   * Publishes each message; duplicates (same msgID in the window) count as ok. A batch's subject
+   * follows from its msgID, so a relay's retry of the same batch is a duplicate too.
    */
-  fetch(kind: string, max: number, expiresMs: number, onGarbage: (subject: string) => void, signal?: AbortSignal): AsyncIterable<Token>;
+  publish(messages: TokenMessage[]): Promise<{ results: PublishResult[]; errors: unknown[] }>;
+  /**
+   * Pulls up to `max` messages of `kind`, waiting at most `expiresMs` for them, and yields the
+   * tokens of each (one, or a batch token's identities). Messages that are not dmm tokens are
+   * acked away and reported through `onGarbage`.
+   */
+  fetch(kind: string, max: number, expiresMs: number, onGarbage: (subject: string) => void, signal?: AbortSignal): AsyncIterable<Token[]>;
   /** Deletes every token of the bucket (tests and the chaos run use it to lose tokens on purpose). */
   purge(): Promise<void>;
   /** Calls `listener(false)` when the connection drops or goes stale, `listener(true)` when it is back. */
@@ -160,8 +179,14 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
         }
       }
     },
-    publish(keys) {
-      return acks.publish(keys.map((k) => ({ subject: tokenSubject(namespace, k.kind, k.identity), msgId: k.msgId })));
+    publish(messages) {
+      return acks.publish(
+        messages.map((m) =>
+          "batch" in m
+            ? { subject: batchSubject(namespace, m.kind, batchId(m.msgId)), msgId: m.msgId, body: batchBody(m.batch) }
+            : { subject: tokenSubject(namespace, m.kind, m.identity), msgId: m.msgId },
+        ),
+      );
     },
     async *fetch(kind, max, expiresMs, onGarbage, signal) {
       const handle = consumerOf(kind);
@@ -172,12 +197,17 @@ export async function openTokens(input: NatsInput, namespace: string, opts: Toke
         signal?.addEventListener("abort", stop, { once: true });
         for await (const msg of iter) {
           const key = parseTokenSubject(namespace, msg.subject);
-          if (!key || key.kind !== kind) {
-            msg.ack();
-            onGarbage(msg.subject);
+          if (key && key.kind === kind) {
+            yield [toToken(key, msg)];
             continue;
           }
-          yield toToken(key, msg);
+          const entries = parseBatchSubject(namespace, msg.subject)?.kind === kind ? parseBatchBody(msg.data) : null;
+          if (entries) {
+            yield toBatchTokens(kind, entries, msg);
+            continue;
+          }
+          msg.ack();
+          onGarbage(msg.subject);
         }
       } catch (err) {
         // The consumer may be gone (deleted, the server restarted): look it up afresh next time.
@@ -247,10 +277,10 @@ function createAckCollector(nc: NatsConnection) {
     },
   });
   return {
-    async publish(batch: { subject: string; msgId: string }[]): Promise<{ results: PublishResult[]; errors: unknown[] }> {
+    async publish(batch: { subject: string; msgId: string; body?: string }[]): Promise<{ results: PublishResult[]; errors: unknown[] }> {
       const errors: unknown[] = [];
       const ids: number[] = [];
-      const replies = batch.map(({ subject, msgId }) => {
+      const replies = batch.map(({ subject, msgId, body }) => {
         const id = ++seq;
         ids.push(id);
         return new Promise<PubReply>((resolve) => {
@@ -258,7 +288,7 @@ function createAckCollector(nc: NatsConnection) {
           try {
             const h = headers();
             h.set("Nats-Msg-Id", msgId);
-            nc.publish(subject, undefined, { reply: `${prefix}.${id}`, headers: h });
+            nc.publish(subject, body, { reply: `${prefix}.${id}`, headers: h });
           } catch (e) {
             pending.delete(id);
             resolve({ ok: false, error: (e as Error).message });
@@ -321,6 +351,48 @@ export function parseNatsUrl(input: string): NodeConnectionOptions {
 function redactServers(servers: unknown): string {
   const list = Array.isArray(servers) ? servers : [servers];
   return JSON.stringify(list.map((s) => String(s).replace(/\/\/[^@/]*@/, "//***@")));
+}
+
+/** A batch token's subject id: derived from its msgID, so that a retry lands on the same subject. */
+function batchId(msgId: string): string {
+  return createHash("sha256").update(msgId).digest("base64url").slice(0, 32);
+}
+
+/**
+ * The tokens of one batch message. The message is acked once every identity was acked, or
+ * nak'ed (as a whole, after the longest delay asked for) once every identity was settled and
+ * any of them nak'ed: identities that already ran are then claimed as idle again, which costs
+ * a lookup, not a run.
+ */
+function toBatchTokens(kind: string, entries: BatchEntry[], msg: JsMsg): Token[] {
+  let open = entries.length;
+  let redeliverMs = -1;
+  const settle = (nakMs: number | null) => {
+    if (nakMs !== null) redeliverMs = Math.max(redeliverMs, nakMs);
+    if (--open > 0) return;
+    if (redeliverMs >= 0) msg.nak(redeliverMs);
+    else msg.ack();
+  };
+  return entries.map(({ identity, row, bumps }) => {
+    let settled = false;
+    return {
+      kind,
+      identity,
+      batched: true,
+      origin: { row, bumps },
+      ack() {
+        if (settled) return;
+        settled = true;
+        settle(null);
+      },
+      nak(ms: number) {
+        if (settled) return;
+        settled = true;
+        settle(ms);
+      },
+      working: () => msg.working(),
+    };
+  });
 }
 
 function toToken(key: { kind: string; identity: string }, msg: JsMsg): Token {

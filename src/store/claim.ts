@@ -61,7 +61,9 @@ export const CLAIMABLE = sql.raw(
 /**
  * Claims the matters named by tokens of one kind, in one call of `dmm.claim_keys` (migration
  * 0003: lock each key with SKIP LOCKED, then stamp the leases by ctid). Returns one status per
- * key, in order.
+ * key, in order. A key with an origin (a batch token's: the outbox row it was relayed from)
+ * whose identity has an outbox row other than that one (another row, or that row bumped since)
+ * is `idle` (migration 0007): that newer row dispatches it, after its coalescing pause.
  */
 export async function claimKeys(
   exec: Executor,
@@ -70,6 +72,7 @@ export async function claimKeys(
   leaseMs: number,
   kind: string,
   identities: string[],
+  origins?: ({ row: number; bumps: number } | null)[],
 ): Promise<ClaimStatus[]> {
   if (identities.length === 0) return [];
   // One claim per identity: a key asked for twice in a batch (a recovered key and its token)
@@ -79,14 +82,14 @@ export async function claimKeys(
   identities.forEach((id, i) => firstAt.has(id) || firstAt.set(id, i));
   if (firstAt.size < identities.length) {
     const unique = [...firstAt.keys()];
-    const statuses = await claimKeys(exec, namespace, owner, leaseMs, kind, unique);
+    const statuses = await claimKeys(exec, namespace, owner, leaseMs, kind, unique, origins && unique.map((id) => origins[firstAt.get(id)!] ?? null));
     const byId = new Map(unique.map((id, i) => [id, statuses[i]!]));
     return identities.map((id, i) => (firstAt.get(id) === i ? byId.get(id)! : { status: "idle" as const }));
   }
   const result = await rows<ClaimRow>(
     exec,
     sql`select c.ord, c.status, c.cache, c.generation::text, c.attempts, c.epoch::text, c.reason, c.due_in_ms
-        from ${SOFT_COMMIT}, dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[]) c`,
+        from ${SOFT_COMMIT}, dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[], ${origins?.some(Boolean) ? pgArray(origins.map((o) => o?.row)) : null}::bigint[], ${origins?.some(Boolean) ? pgArray(origins.map((o) => o?.bumps)) : null}::integer[]) c`,
   );
   return result.map((r, i) => toStatus(r, { kind, identity: identities[i]! }, owner));
 }
@@ -160,4 +163,9 @@ export async function takeAndClaim(
       owner,
     }));
   return { claimed, taken, nextInMs };
+}
+
+/** A Postgres array literal of integers (null for a missing one). */
+function pgArray(values: (number | undefined)[]): string {
+  return `{${values.map((v) => (v === undefined ? "NULL" : String(v))).join(",")}}`;
 }

@@ -28,19 +28,27 @@ export interface TokenSourceDeps {
   log: Logger;
   /** How long one pull request waits for tokens. */
   expiresMs: number;
-  fetch(max: number, expiresMs: number, signal: AbortSignal): AsyncIterable<Token>;
-  claim(keys: { kind: string; identity: string }[]): Promise<ClaimStatus[]>;
+  /** Pulls up to `max` messages; yields each message's tokens (a batch token has many). */
+  fetch(max: number, expiresMs: number, signal: AbortSignal): AsyncIterable<Token[]>;
+  /** Claims the keys; one with an `origin` defers to a newer outbox row of its identity (see claimKeys). */
+  claim(keys: { kind: string; identity: string; origin: { row: number; bumps: number } | null }[]): Promise<ClaimStatus[]>;
 }
 
 /**
  * Pulls tokens ahead of demand (up to the free slots), and claims whatever has arrived in one
  * statement per `take`. Tokens whose matter needs no run are acked away; tokens whose matter
- * is locked or not yet due are nak'ed back with a delay.
+ * is locked or not yet due are nak'ed back with a delay, except the identities of a batch
+ * token: those wait here for their retry (the batch message stays unacked meanwhile), because
+ * a nak would bring back the whole batch.
  */
 export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { restartPulls(): void } {
   const queue: Token[] = [];
+  const retrying = new Map<NodeJS.Timeout, Token>();
   const stopper = new AbortController();
+  // Messages asked for and not yet received, and the average number of tokens per message
+  // (batch tokens carry many), so that a pull asks for about as many tokens as there is room.
   let outstanding = 0;
+  let perMessage = 1;
   let failures = 0;
   let waiter: (() => void) | null = null;
   const wake = () => {
@@ -59,11 +67,12 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
     void (async () => {
       let received = 0;
       try {
-        for await (const token of deps.fetch(n, deps.expiresMs, giveUp)) {
+        for await (const tokens of deps.fetch(n, deps.expiresMs, giveUp)) {
           received++;
           outstanding--;
-          if (stopper.signal.aborted) token.nak(0);
-          else queue.push(token);
+          perMessage += (tokens.length - perMessage) / 8;
+          if (stopper.signal.aborted) for (const t of tokens) t.nak(0);
+          else queue.push(...tokens);
           wake();
         }
         failures = 0;
@@ -76,6 +85,19 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
         wake();
       }
     })();
+  };
+  const retryLater = (token: Token, ms: number) => {
+    if (!token.batched || stopper.signal.aborted) {
+      token.nak(ms);
+      return;
+    }
+    token.working();
+    const timer = setTimeout(() => {
+      retrying.delete(timer);
+      queue.push(token);
+      wake();
+    }, ms);
+    retrying.set(timer, token);
   };
   return {
     wake,
@@ -90,15 +112,17 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
     },
     async take(max) {
       if (stopper.signal.aborted) return [];
-      const deficit = max - queue.length - outstanding;
-      if (deficit > 0 && (outstanding === 0 || deficit >= Math.max(1, Math.floor(max / 4)))) request(deficit);
+      // Messages to ask for: rounded up, so that any room asks for one (a batch may overfill it).
+      const room = max - queue.length - retrying.size;
+      const deficit = room > 0 ? Math.ceil(room / perMessage) - outstanding : 0;
+      if (deficit > 0 && (outstanding === 0 || deficit >= Math.max(1, Math.floor(max / perMessage / 4)))) request(deficit);
       if (queue.length === 0) return [];
       const batch = queue.splice(0, max);
       let statuses: ClaimStatus[];
       try {
-        statuses = await deps.claim(batch.map((t) => ({ kind: t.kind, identity: t.identity })));
+        statuses = await deps.claim(batch.map((t) => ({ kind: t.kind, identity: t.identity, origin: t.origin ?? null })));
       } catch (err) {
-        for (const t of batch) t.nak(BUSY_RETRY_MS);
+        for (const t of batch) retryLater(t, BUSY_RETRY_MS);
         throw err;
       }
       const claimed: Claimed[] = [];
@@ -109,10 +133,10 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
             claimed.push({ matter: s.matter, token });
             break;
           case "busy":
-            token.nak(BUSY_RETRY_MS);
+            retryLater(token, BUSY_RETRY_MS);
             break;
           case "early":
-            token.nak(s.dueInMs);
+            retryLater(token, s.dueInMs);
             break;
           default:
             token.ack();
@@ -137,6 +161,11 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
     },
     async close() {
       stopper.abort();
+      for (const [timer, token] of retrying) {
+        clearTimeout(timer);
+        token.nak(0);
+      }
+      retrying.clear();
       for (const t of queue.splice(0)) t.nak(0);
       wake();
     },

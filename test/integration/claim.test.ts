@@ -22,6 +22,37 @@ describe("claimKeys", () => {
   });
 });
 
+describe("claimKeys for a batch token's identities", () => {
+  it("claims where the outbox holds the token's own row or none, and leaves the matter to a newer row or a bumped one", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    const keys = ["own", "other", "bumped", "gone", "single"];
+    await notifyMatters(db, ns, keys.map((identity) => ({ kind: "k", identity, cache: "{}" })));
+    await notifyMatters(db, ns, [{ kind: "k", identity: "bumped", cache: "{}" }]);
+    await sql`delete from dmm.dmm_outbox where namespace = ${ns} and identity = 'gone'`;
+    const outbox = new Map(
+      (await sql<{ identity: string; id: string; bumps: number }[]>`select identity, id::text, bumps from dmm.dmm_outbox where namespace = ${ns}`).map((r) => [
+        r.identity,
+        { row: Number(r.id), bumps: r.bumps },
+      ]),
+    );
+    expect(outbox.get("bumped")!.bumps).toBe(1);
+    const origins = [
+      outbox.get("own")!,
+      { row: outbox.get("other")!.row + 1000, bumps: 0 },
+      { row: outbox.get("bumped")!.row, bumps: 0 },
+      { row: 1, bumps: 0 },
+      null,
+    ];
+    const statuses = await claimKeys(db, ns, "owner-1", 30_000, "k", keys, origins);
+    expect(statuses.map((s) => s.status)).toEqual(["claimed", "idle", "idle", "claimed", "claimed"]);
+    const leased = await sql`select identity from dmm.dmm_matter where namespace = ${ns} and lease_owner is not null order by identity`;
+    expect(leased.map((r) => r.identity)).toEqual(["gone", "own", "single"]);
+    await sql.close();
+  });
+});
+
 describe("rows", () => {
   it("runs dmm's statements as prepared statements, parsed once per connection", async () => {
     const sql = env.sql({ max: 1 });

@@ -359,6 +359,7 @@ describe("garbage on dmm's channels", () => {
       `dmm.${ns}.thing.${b64(Buffer.from([0xff, 0xfe, 0xc3]))}`, // not UTF-8
       `dmm.${ns}.thing.${b64(Buffer.from([0xed, 0xa0, 0x80]))}`, // an encoded lone surrogate
       `dmm.${ns}.thing.${b64("ok")}=`,
+      `dmm.${ns}.thing.batch.x`, // a batch token's subject whose body is not a list of identities
     ];
     const harmless = [
       `dmm.${ns}.thing.${b64("never notified")}`,
