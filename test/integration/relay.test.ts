@@ -91,3 +91,22 @@ describe("a relay round (relayOutbox)", () => {
     await sql.close();
   });
 });
+
+describe("the outbox row of a new matter", () => {
+  it("is inserted once per new identity, and a row left behind by a deleted matter is bumped, not duplicated", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    await notifyMatters(db, ns, ["a", "b"].map((identity) => ({ kind: "k", identity, cache: "{}" })));
+    const first = await sql`select identity, id::int, bumps from dmm.dmm_outbox where namespace = ${ns} order by identity`;
+    expect(first.map((r) => [r.identity, r.bumps])).toEqual([["a", 0], ["b", 0]]);
+    // The app deletes matter "a" while its row is being published by a relay.
+    await sql`delete from dmm.dmm_matter where namespace = ${ns} and identity = 'a'`;
+    await sql`update dmm.dmm_outbox set relay_until = now() + interval '1 hour' where namespace = ${ns} and identity = 'a'`;
+    await notifyMatters(db, ns, ["a", "c"].map((identity) => ({ kind: "k", identity, cache: "{}" })));
+    const after = await sql`select identity, id::int, bumps, relay_until from dmm.dmm_outbox where namespace = ${ns} order by identity`;
+    expect(after.map((r) => [r.identity, r.bumps, r.relay_until])).toEqual([["a", 1, null], ["b", 0, null], ["c", 0, null]]);
+    expect(after[0]!.id).toBe(first[0]!.id);
+    await sql.close();
+  });
+});
