@@ -279,8 +279,7 @@ export class FaultInjector {
       fleet.send(slot, { type: "disarm" });
       return this.#miss(kind, "no token published within 8 s");
     }
-    // msgID `<namespace>:<row id>` (a `:<bumps>` suffix would be fine too); chaos namespaces have no colon.
-    const rowId = Number(msg.msgId.split(":")[1]);
+    const rowId = msg.rowId;
     const proxy = fleet.slots[slot]!.pgProxy;
     if (how === "self") {
       await fleet.kill(slot, undefined, true);

@@ -226,7 +226,16 @@ export type WorkerMessage =
   | { type: "ready"; openMs: number }
   | { type: "stats"; buckets: Record<string, BucketCounters> }
   /** The relay's publish was acknowledged by JetStream and the process now stops before deleting the outbox row. */
-  | { type: "published"; namespace: string; msgId: string; how: RelayKillHow; /** The token's identity (from its subject). */ identity?: string }
+  | {
+      type: "published";
+      namespace: string;
+      msgId: string;
+      how: RelayKillHow;
+      /** The token's identity (from its subject; a batch token's first identity). */
+      identity?: string;
+      /** The outbox row the token was relayed from (a batch token's first row). */
+      rowId: number;
+    }
   /** The relay hook found nothing to hook in this process: relay kills cannot land here. */
   | { type: "hook-missing" };
 

@@ -92,23 +92,35 @@ function hookRelay(namespace: string, bucket: Bucket): void {
   if (!nc) return;
   const tokenPrefix = `dmm.${namespace}.`;
   const stream = `dmm_${namespace}`;
-  /** Reply subject → Nats-Msg-Id and identity of this bucket's token publishes, until their PubAck arrives. */
-  const inFlight = new Map<string, { msgId: string; identity: string }>();
-  /** The identity a token subject names (`dmm.<namespace>.<kind>.<base64url identity>`). */
-  const identityOf = (subject: string) => Buffer.from(subject.slice(subject.lastIndexOf(".") + 1), "base64url").toString("utf8");
+  /** Reply subject → Nats-Msg-Id, identity and outbox row of this bucket's token publishes, until their PubAck arrives. */
+  const inFlight = new Map<string, { msgId: string; identity: string; rowId: number }>();
+  /**
+   * The identity and outbox row a token names: a token per identity
+   * (`dmm.<namespace>.<kind>.<base64url identity>`, msgID `<namespace>:<row id>:…`), or a batch
+   * token (`….batch.<id>`, body `[[identity, row id, bumps], …]`): its first entry.
+   */
+  const tokenOf = (subject: string, data: unknown, msgId: string) => {
+    if (/\.batch\.[^.]+$/.test(subject)) {
+      const body = typeof data === "string" ? data : Buffer.from(data as Uint8Array).toString("utf8");
+      const [first] = JSON.parse(body) as [string, number, number][];
+      return { identity: first![0], rowId: first![1] };
+    }
+    return { identity: Buffer.from(subject.slice(subject.lastIndexOf(".") + 1), "base64url").toString("utf8"), rowId: Number(msgId.split(":")[1]) };
+  };
   const publish = nc.publish.bind(nc);
   nc.publish = (subject, data, opts) => {
     const isToken = subject.startsWith(tokenPrefix) && opts?.reply !== undefined;
     const msgId = opts?.headers?.get("Nats-Msg-Id") ?? "";
-    if (isToken) {
-      inFlight.set(opts!.reply!, { msgId, identity: identityOf(subject) });
+    const token = isToken ? tokenOf(subject, data, msgId) : null;
+    if (token) {
+      inFlight.set(opts!.reply!, { msgId, ...token });
       if (inFlight.size > 50_000) inFlight.clear();
     }
-    if (isToken && armed === "blocked") {
+    if (token && armed === "blocked") {
       armed = null;
       void new Promise<void>((r) => {
         resume = r;
-        send({ type: "published", namespace, msgId, how: "blocked", identity: identityOf(subject) });
+        send({ type: "published", namespace, msgId, how: "blocked", ...token });
       }).then(() => publish(subject, data, opts));
       return;
     }
@@ -133,7 +145,7 @@ function hookRelay(namespace: string, bucket: Bucket): void {
       }
       if (ack.error || ack.stream !== stream || typeof ack.seq !== "number" || ack.duplicate) return;
       armed = null;
-      writeFileSync(config!.killFile, JSON.stringify({ type: "published", namespace, msgId: published.msgId, identity: published.identity, how: "self" }));
+      writeFileSync(config!.killFile, JSON.stringify({ type: "published", namespace, msgId: published.msgId, identity: published.identity, rowId: published.rowId, how: "self" }));
       process.kill(process.pid, "SIGKILL");
     };
     hooked++;

@@ -1,6 +1,7 @@
 /**
  * dmm's use of NATS JetStream: one work-queue stream per bucket holding at most one token per
- * identity, one shared pull consumer per kind, publishing tokens and fetching them.
+ * identity on the identity's own subject (plus batch tokens, each on a subject of its own, for
+ * backlogs), one shared pull consumer per kind, publishing tokens and fetching them.
  */
 import { createHash } from "node:crypto";
 import { connect, createInbox, headers, type Msg, type NatsConnection, type NodeConnectionOptions } from "@nats-io/transport-node";
@@ -30,9 +31,9 @@ export type NatsInput = string | NatsConnection | (NodeConnectionOptions & { ser
 export interface Token {
   kind: string;
   identity: string;
-  /** Done: the subject is free for the next token. */
+  /** Done: the subject is free for the next token (a batch token: once all of its identities are done). */
   ack(): void;
-  /** Redeliver after `ms` (0: now). */
+  /** Redeliver after `ms` (0: now); a batch token is redelivered whole once all of its identities are settled. */
   nak(ms: number): void;
   /** Tell JetStream the run is still going (extends the ack wait). */
   working(): void;

@@ -21,10 +21,15 @@ export interface BatchPolicy {
   min: number;
   /** Most identities per batch token. Default 128. */
   max: number;
+  /**
+   * Most bytes of a batch token's body (well under NATS's smallest usual `max_payload` of
+   * 64 KiB, so that long identities never make a batch the server refuses). Default 48 000.
+   */
+  maxBytes: number;
 }
 
-/** The default policy: batches only for backlogs, of at most 128 identities. */
-export const DEFAULT_BATCH_POLICY: BatchPolicy = { min: 32, max: 128 };
+/** The default policy: batches only for backlogs, of at most 128 identities and 48 000 bytes. */
+export const DEFAULT_BATCH_POLICY: BatchPolicy = { min: 32, max: 128, maxBytes: 48_000 };
 
 /** One message to publish: the indexes of the round's rows it carries, and whether it is a batch. */
 export interface PlannedMessage {
@@ -36,7 +41,7 @@ export interface PlannedMessage {
  * Plans a round's messages. Rows keep their order within a kind; a batched kind is split into
  * batches of near-equal size (500 rows with max 128: four of 125, not three of 128 and one of 116).
  */
-export function planMessages(rows: readonly { kind: string }[], policy: BatchPolicy = DEFAULT_BATCH_POLICY): PlannedMessage[] {
+export function planMessages(rows: readonly { kind: string; identity: string }[], policy: BatchPolicy = DEFAULT_BATCH_POLICY): PlannedMessage[] {
   const byKind = new Map<string, number[]>();
   rows.forEach((row, i) => {
     const list = byKind.get(row.kind);
@@ -51,9 +56,29 @@ export function planMessages(rows: readonly { kind: string }[], policy: BatchPol
     }
     const batches = Math.ceil(indexes.length / Math.max(1, policy.max));
     const size = Math.ceil(indexes.length / batches);
-    for (let at = 0; at < indexes.length; at += size) planned.push({ rows: indexes.slice(at, at + size), batch: true });
+    for (let at = 0; at < indexes.length; at += size) {
+      // Long identities: cut the batch further where its body would outgrow maxBytes.
+      let part: number[] = [];
+      let bytes = 2;
+      for (const i of indexes.slice(at, at + size)) {
+        const entry = entryBytes(rows[i]!.identity);
+        if (part.length > 0 && bytes + entry > policy.maxBytes) {
+          planned.push({ rows: part, batch: true });
+          part = [];
+          bytes = 2;
+        }
+        part.push(i);
+        bytes += entry;
+      }
+      planned.push({ rows: part, batch: true });
+    }
   }
   return planned;
+}
+
+/** An upper bound of one entry's bytes in a batch body: `["identity",row id,bumps],`. */
+function entryBytes(identity: string): number {
+  return Buffer.byteLength(JSON.stringify(identity), "utf8") + 2 * 20 + 5;
 }
 
 /**
@@ -61,7 +86,8 @@ export function planMessages(rows: readonly { kind: string }[], policy: BatchPol
  * the rows. A row's msgID is unique per enqueue (row id, bumps, creation time: a bumped row is
  * a new token, and a database re-created with the same namespace never collides with the old
  * one's tokens within JetStream's duplicate window); a batch's is a digest of its rows' msgIDs.
- * So a dead relay's plain retry of a round is a duplicate either way.
+ * A dead relay's rows come back after their in-flight time and may be grouped differently then:
+ * a new msgID, so a second token, which costs a look-up (the identity is found idle), not a run.
  */
 export function relayMessages(
   namespace: string,

@@ -82,7 +82,15 @@ export async function claimKeys(
   identities.forEach((id, i) => firstAt.has(id) || firstAt.set(id, i));
   if (firstAt.size < identities.length) {
     const unique = [...firstAt.keys()];
-    const statuses = await claimKeys(exec, namespace, owner, leaseMs, kind, unique, origins && unique.map((id) => origins[firstAt.get(id)!] ?? null));
+    // Of an identity's origins, the newest stands for all (none: one of them came without).
+    const origin = new Map<string, { row: number; bumps: number } | null>();
+    identities.forEach((id, i) => {
+      const o = origins?.[i] ?? null;
+      const seen = origin.get(id);
+      if (seen === undefined) origin.set(id, o);
+      else if (seen !== null && (o === null || o.row > seen.row || (o.row === seen.row && o.bumps > seen.bumps))) origin.set(id, o);
+    });
+    const statuses = await claimKeys(exec, namespace, owner, leaseMs, kind, unique, origins && unique.map((id) => origin.get(id)!));
     const byId = new Map(unique.map((id, i) => [id, statuses[i]!]));
     return identities.map((id, i) => (firstAt.get(id) === i ? byId.get(id)! : { status: "idle" as const }));
   }

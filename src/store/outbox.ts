@@ -35,9 +35,11 @@ export const RELAY_INFLIGHT_MS = 10_000;
  * then (`dmm.relay_settle`) deletes
  * each dispatched row unless a notify bumped it meanwhile (that one is made available again),
  * and defers refused rows with a capped exponential delay (20 ms, 40 ms, … 1 s). A relay that
- * dies mid-round leaves its rows to reappear after the in-flight time; their re-publish carries
- * the same msgID (row id, bumps, creation time), which JetStream drops as a duplicate, unless a
- * notify bumped the row meanwhile: that makes the row available at once and its msgID new.
+ * dies mid-round leaves its rows to reappear after the in-flight time; a row re-published as a
+ * token of its own carries the same msgID (row id, bumps, creation time), which JetStream drops
+ * as a duplicate, unless a notify bumped the row meanwhile: that makes the row available at once
+ * and its msgID new. (Rows re-published in a batch may be grouped differently: a second token,
+ * found idle.)
  */
 export async function relayOutbox(
   db: Executor,

@@ -45,10 +45,15 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
   const queue: Token[] = [];
   const retrying = new Map<NodeJS.Timeout, Token>();
   const stopper = new AbortController();
-  // Messages asked for and not yet received, and the average number of tokens per message
-  // (batch tokens carry many), so that a pull asks for about as many tokens as there is room.
+  // Messages asked for and not yet received, and the number of tokens a message holds (batch
+  // tokens carry many), so that a pull asks for about as many tokens as there is room for. The
+  // estimate follows a bigger message at once and smaller ones over a few messages. A pull for
+  // many messages can still bring in many batches (when a backlog starts): those that arrive
+  // with twice the room already queued go back at once (nak), whole, for other workers, so a
+  // worker never hoards what it cannot run soon.
   let outstanding = 0;
   let perMessage = 1;
+  let room = 0;
   let failures = 0;
   let waiter: (() => void) | null = null;
   const wake = () => {
@@ -70,8 +75,9 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
         for await (const tokens of deps.fetch(n, deps.expiresMs, giveUp)) {
           received++;
           outstanding--;
-          perMessage += (tokens.length - perMessage) / 8;
-          if (stopper.signal.aborted) for (const t of tokens) t.nak(0);
+          perMessage = Math.max(tokens.length, perMessage + (tokens.length - perMessage) / 8);
+          const hoarding = tokens.length > 1 && queue.length + retrying.size >= 2 * room;
+          if (stopper.signal.aborted || hoarding) for (const t of tokens) t.nak(0);
           else queue.push(...tokens);
           wake();
         }
@@ -112,9 +118,10 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
     },
     async take(max) {
       if (stopper.signal.aborted) return [];
+      room = max;
       // Messages to ask for: rounded up, so that any room asks for one (a batch may overfill it).
-      const room = max - queue.length - retrying.size;
-      const deficit = room > 0 ? Math.ceil(room / perMessage) - outstanding : 0;
+      const free = max - queue.length - retrying.size;
+      const deficit = free > 0 ? Math.ceil(free / perMessage) - outstanding : 0;
       if (deficit > 0 && (outstanding === 0 || deficit >= Math.max(1, Math.floor(max / perMessage / 4)))) request(deficit);
       if (queue.length === 0) return [];
       const batch = queue.splice(0, max);

@@ -53,6 +53,25 @@ describe("claimKeys for a batch token's identities", () => {
   });
 });
 
+describe("claimKeys for an identity named by two batch tokens in one take", () => {
+  it("claims it by the newer token's row, so that an older token does not leave it to the row being settled", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    await notifyMatters(db, ns, [{ kind: "k", identity: "x", cache: "{}" }]);
+    const [row] = await sql<{ id: string }[]>`select id::text from dmm.dmm_outbox where namespace = ${ns}`;
+    const current = { row: Number(row!.id), bumps: 0 };
+    // An older batch named x from a row since settled; the newer one names the row a relay is
+    // settling now. Either order: the identity is claimed once.
+    for (const order of [[{ row: current.row - 1, bumps: 0 }, current], [current, { row: current.row - 1, bumps: 3 }]]) {
+      const statuses = await claimKeys(db, ns, "owner-1", 30_000, "k", ["x", "x"], order);
+      expect(statuses.map((s) => s.status).sort()).toEqual(["claimed", "idle"]);
+      await sql`update dmm.dmm_matter set lease_owner = null, lease_until = null where namespace = ${ns}`;
+    }
+    await sql.close();
+  });
+});
+
 describe("rows", () => {
   it("runs dmm's statements as prepared statements, parsed once per connection", async () => {
     const sql = env.sql({ max: 1 });

@@ -7,20 +7,31 @@ const rows = (kind: string, n: number, from = 0) =>
 
 describe("a relay round's messages", () => {
   it("are one token per identity while a kind has fewer rows than the batch minimum", () => {
-    const planned = planMessages(rows("k", 31), { min: 32, max: 128 });
+    const planned = planMessages(rows("k", 31), { min: 32, max: 128, maxBytes: 48_000 });
     expect(planned).toHaveLength(31);
     expect(planned.every((m) => !m.batch && m.rows.length === 1)).toBe(true);
   });
 
   it("are batches of near-equal size for a kind with a backlog, every row in exactly one, in order", () => {
-    const planned = planMessages(rows("k", 500), { min: 32, max: 128 });
+    const planned = planMessages(rows("k", 500), { min: 32, max: 128, maxBytes: 48_000 });
     expect(planned.map((m) => m.rows.length)).toEqual([125, 125, 125, 125]);
     expect(planned.flatMap((m) => m.rows)).toEqual(Array.from({ length: 500 }, (_, i) => i));
   });
 
+  it("cut a batch of long identities where its body would outgrow the byte limit", () => {
+    const long = Array.from({ length: 100 }, (_, i) => ({ id: i + 1, kind: "k", identity: `${i}`.padStart(500, "x"), bumps: 0, born: "1" }));
+    const planned = planMessages(long, { min: 32, max: 128, maxBytes: 10_000 });
+    expect(planned.length).toBeGreaterThan(5);
+    expect(planned.flatMap((m) => m.rows)).toEqual([...Array(100).keys()]);
+    for (const m of relayMessages("ns", long, { min: 32, max: 128, maxBytes: 10_000 }).messages) {
+      expect("batch" in m).toBe(true);
+      if ("batch" in m) expect(batchBody(m.batch).length).toBeLessThanOrEqual(10_000);
+    }
+  });
+
   it("decide per kind: a backlog of one kind does not batch the few rows of another", () => {
     const round = [...rows("a", 40), ...rows("b", 3), ...rows("a", 10, 40)];
-    const planned = planMessages(round, { min: 32, max: 128 });
+    const planned = planMessages(round, { min: 32, max: 128, maxBytes: 48_000 });
     expect(planned.filter((m) => m.batch)).toEqual([{ rows: [...Array(40).keys(), ...Array.from({ length: 10 }, (_, i) => 43 + i)], batch: true }]);
     expect(planned.filter((m) => !m.batch).map((m) => m.rows[0])).toEqual([40, 41, 42]);
   });

@@ -1,0 +1,58 @@
+import { describe, expect, it } from "vitest";
+import { createTokenSource } from "../../src/worker/sources.js";
+import type { Token } from "../../src/nats/tokens.js";
+import type { ClaimStatus } from "../../src/store/claim.js";
+import type { Logger } from "../../src/types.js";
+
+const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
+
+/** A batch message's tokens, recording how each was settled. */
+function batch(size: number, from: number, settled: Map<string, string>): Token[] {
+  return Array.from({ length: size }, (_, i) => {
+    const identity = `i${from + i}`;
+    return {
+      kind: "k",
+      identity,
+      batched: true,
+      origin: { row: from + i + 1, bumps: 0 },
+      ack: () => void settled.set(identity, "ack"),
+      nak: (ms: number) => void settled.set(identity, `nak ${ms}`),
+      working: () => {},
+    };
+  });
+}
+
+describe("a token source", () => {
+  it("hands back whole batches that arrive beyond twice its room, and then asks for as many messages as batches fit", async () => {
+    const asked: number[] = [];
+    const settled = new Map<string, string>();
+    let delivered!: () => void;
+    const allDelivered = new Promise<void>((r) => (delivered = r));
+    const source = createTokenSource({
+      kind: "k",
+      log: silent,
+      expiresMs: 1_000,
+      // A pull answered with three batches of 30 (more than asked for: what a pull for many
+      // messages brings when a backlog turns into batches).
+      async *fetch(max) {
+        asked.push(max);
+        for (let m = 0; m < 3; m++) yield batch(30, m * 30, settled);
+        delivered();
+      },
+      claim: async (keys) => keys.map((): ClaimStatus => ({ status: "idle" })),
+    });
+    expect(await source.take(10)).toEqual([]);
+    expect(asked).toEqual([10]);
+    await allDelivered;
+    // The first batch is kept (the queue was empty); the next two arrive with 30 tokens queued
+    // for a room of 10, and go back untouched.
+    expect([...settled.keys()].sort()).toEqual(Array.from({ length: 60 }, (_, i) => `i${30 + i}`).sort());
+    expect(new Set(settled.values())).toEqual(new Set(["nak 0"]));
+    await source.take(10);
+    expect([...Array(10).keys()].map((i) => settled.get(`i${i}`))).toEqual(Array(10).fill("ack"));
+    // 20 queued, room for 90 more: 70 tokens are three messages of 30, not 70 messages.
+    await source.take(90);
+    expect(asked).toEqual([10, 3]);
+    await source.close();
+  });
+});
