@@ -44,10 +44,10 @@ export interface Token {
    */
   readonly batched?: boolean;
   /**
-   * A batch token's identity: the outbox row it was relayed from. The claim leaves the matter
-   * to a newer outbox row of the identity, if there is one (see claimKeys).
+   * A batch token's identity: the outbox row it was relayed from (id, bumps, row version). The
+   * claim leaves the matter to a newer outbox row of the identity, if there is one (see claimKeys).
    */
-  readonly origin?: { row: number; bumps: number };
+  readonly origin?: { row: number; bumps: number; tid: string };
 }
 
 /** What the relay publishes: one identity's token, or a batch token naming many of a kind. */
@@ -374,13 +374,13 @@ function toBatchTokens(kind: string, entries: BatchEntry[], msg: JsMsg): Token[]
     if (redeliverMs >= 0) msg.nak(redeliverMs);
     else msg.ack();
   };
-  return entries.map(({ identity, row, bumps }) => {
+  return entries.map(({ identity, row, bumps, tid }) => {
     let settled = false;
     return {
       kind,
       identity,
       batched: true,
-      origin: { row, bumps },
+      origin: { row, bumps, tid },
       ack() {
         if (settled) return;
         settled = true;

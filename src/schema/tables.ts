@@ -89,10 +89,13 @@ export const dmmOutbox = dmmSchema.table(
      */
     primaryKey({ name: "dmm_outbox_pkey", columns: [t.namespace, t.kind, t.identity] }),
     /**
-     * Takes go kind by kind, oldest first: an ordered scan, never a sort (the relay walks the
-     * kinds of its namespace with a skip scan over the same index).
+     * Takes go kind by kind, oldest first: an ordered scan, never a sort. Partial on a predicate
+     * that always holds (the column is NOT NULL), so that only queries that say so (every take
+     * does) can use it: a lookup by key always takes the primary key. Without statistics the
+     * planner prices both indexes the same for such a lookup, and picking this one filters the
+     * whole kind (migration 0009).
      */
-    index("dmm_outbox_take_idx").on(t.namespace, t.kind, t.availableAt, t.id),
+    index("dmm_outbox_take_idx").on(t.namespace, t.kind, t.availableAt, t.id).where(sql`${t.availableAt} is not null`),
   ],
 );
 

@@ -23,26 +23,25 @@ describe("claimKeys", () => {
 });
 
 describe("claimKeys for a batch token's identities", () => {
-  it("claims where the outbox holds the token's own row or none, and leaves the matter to a newer row or a bumped one", async () => {
+  it("claims where the outbox holds the token's own row version or none, and leaves the matter to a newer row or a changed one", async () => {
     const sql = env.sql();
     const db = drizzle(sql);
     const ns = env.namespace();
     const keys = ["own", "other", "bumped", "gone", "single"];
     await notifyMatters(db, ns, keys.map((identity) => ({ kind: "k", identity, cache: "{}" })));
+    // The row versions a relay's take would have named.
+    const outbox = new Map(
+      (await sql<{ identity: string; id: string; bumps: number; tid: string }[]>`select identity, id::text, bumps, ctid::text as tid from dmm.dmm_outbox where namespace = ${ns}`).map(
+        (r) => [r.identity, { row: Number(r.id), bumps: r.bumps, tid: r.tid }],
+      ),
+    );
     await notifyMatters(db, ns, [{ kind: "k", identity: "bumped", cache: "{}" }]);
     await sql`delete from dmm.dmm_outbox where namespace = ${ns} and identity = 'gone'`;
-    const outbox = new Map(
-      (await sql<{ identity: string; id: string; bumps: number }[]>`select identity, id::text, bumps from dmm.dmm_outbox where namespace = ${ns}`).map((r) => [
-        r.identity,
-        { row: Number(r.id), bumps: r.bumps },
-      ]),
-    );
-    expect(outbox.get("bumped")!.bumps).toBe(1);
     const origins = [
       outbox.get("own")!,
-      { row: outbox.get("other")!.row + 1000, bumps: 0 },
-      { row: outbox.get("bumped")!.row, bumps: 0 },
-      { row: 1, bumps: 0 },
+      { ...outbox.get("other")!, row: outbox.get("other")!.row + 1000 },
+      outbox.get("bumped")!,
+      outbox.get("gone")!,
       null,
     ];
     const statuses = await claimKeys(db, ns, "owner-1", 30_000, "k", keys, origins);
@@ -53,17 +52,44 @@ describe("claimKeys for a batch token's identities", () => {
   });
 });
 
+describe("claimKeys' outbox look-up for a batch token's identities", () => {
+  it("reads one primary-key entry per identity, however many outbox rows its kind has and with no statistics", async () => {
+    const sql = env.sql({ max: 1 });
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    const keys = Array.from({ length: 3_000 }, (_, i) => `k${i}`);
+    for (let i = 0; i < keys.length; i += 500) await notifyMatters(db, ns, keys.slice(i, i + 500).map((identity) => ({ kind: "k", identity, cache: "{}" })));
+    const rowsOf = new Map(
+      (await sql<{ identity: string; id: string; tid: string }[]>`select identity, id::text, ctid::text as tid from dmm.dmm_outbox where namespace = ${ns}`).map((r) => [r.identity, { row: Number(r.id), bumps: 0, tid: r.tid }]),
+    );
+    const reads = async () => {
+      await sql`select pg_stat_force_next_flush()`;
+      await sql`select 1`;
+      const r = await sql<{ name: string; n: string }[]>`select indexrelname as name, idx_tup_read::text as n from pg_stat_user_indexes where schemaname = 'dmm' and relname = 'dmm_outbox'`;
+      return Object.fromEntries(r.map((x) => [x.name, Number(x.n)]));
+    };
+    const picked = keys.filter((_, i) => i % 30 === 0);
+    const before = await reads();
+    const statuses = await claimKeys(db, ns, "owner-1", 30_000, "k", picked, picked.map((k) => rowsOf.get(k)!));
+    const after = await reads();
+    expect(statuses.every((s) => s.status === "claimed")).toBe(true);
+    expect(after.dmm_outbox_take_idx! - before.dmm_outbox_take_idx!).toBe(0);
+    expect(after.dmm_outbox_pkey! - before.dmm_outbox_pkey!).toBeLessThanOrEqual(picked.length);
+    await sql.close();
+  });
+});
+
 describe("claimKeys for an identity named by two batch tokens in one take", () => {
   it("claims it by the newer token's row, so that an older token does not leave it to the row being settled", async () => {
     const sql = env.sql();
     const db = drizzle(sql);
     const ns = env.namespace();
     await notifyMatters(db, ns, [{ kind: "k", identity: "x", cache: "{}" }]);
-    const [row] = await sql<{ id: string }[]>`select id::text from dmm.dmm_outbox where namespace = ${ns}`;
-    const current = { row: Number(row!.id), bumps: 0 };
+    const [row] = await sql<{ id: string; tid: string }[]>`select id::text, ctid::text as tid from dmm.dmm_outbox where namespace = ${ns}`;
+    const current = { row: Number(row!.id), bumps: 0, tid: row!.tid };
     // An older batch named x from a row since settled; the newer one names the row a relay is
     // settling now. Either order: the identity is claimed once.
-    for (const order of [[{ row: current.row - 1, bumps: 0 }, current], [current, { row: current.row - 1, bumps: 3 }]]) {
+    for (const order of [[{ row: current.row - 1, bumps: 0, tid: "(0,1)" }, current], [current, { row: current.row - 1, bumps: 3, tid: "(0,2)" }]]) {
       const statuses = await claimKeys(db, ns, "owner-1", 30_000, "k", ["x", "x"], order);
       expect(statuses.map((s) => s.status).sort()).toEqual(["claimed", "idle"]);
       await sql`update dmm.dmm_matter set lease_owner = null, lease_until = null where namespace = ${ns}`;
