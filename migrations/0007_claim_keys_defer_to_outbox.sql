@@ -7,18 +7,19 @@
 -- pause (50 ms after the last notify, at most 1 s), and a late batch token claiming the matter
 -- in that pause would skip it. The coalescing benchmark (100 identities notified 100 times each
 -- during 20 ms runs) went from 200 runs to 678 with batch tokens.
--- So a batch token names, for each identity, the outbox row version it was relayed from (id,
--- bump count, ctid), and claim_keys takes them as `p_rows`, `p_bumps` and `p_tids`: an identity
--- whose outbox holds a row, but not that version unchanged, is answered `idle` without a claim.
--- That row stands for a newer notify (or a finish's requeue) and dispatches the identity itself
--- when its time comes (a row being published has its own token on the way; a refused or failed
--- publish keeps the row). The relay's own row version, still there, is being settled: the token
--- claims as usual. A null entry (a token per identity, a recovered key) claims as in 0003, as
--- does a call without them.
+-- So a batch token names, for each identity, the outbox row it was relayed from (id and bump
+-- count), and claim_keys takes them as `p_rows` and `p_bumps`: an identity whose outbox holds a
+-- different row, or that row bumped since, is answered `idle` without a claim. That row stands
+-- for a newer notify (or a finish's requeue) and dispatches the identity itself when its time
+-- comes (a row being published has its own token on the way; a refused or failed publish keeps
+-- the row). The relay's own row, not bumped, is still being settled or was deferred after a
+-- failed publish (its version changes then, not its id or bumps): the token claims as usual.
+-- A null entry (a token per identity, a recovered key) claims as in 0003, as does a call
+-- without them.
 -- The look-up by key relies on migration 0009 (the take index cannot serve it).
 DROP FUNCTION "dmm"."claim_keys"(text, text, text, integer, text[]);
 --> statement-breakpoint
-CREATE FUNCTION "dmm"."claim_keys"(p_namespace text, p_kind text, p_owner text, p_lease_ms integer, p_identities text[], p_rows bigint[] DEFAULT NULL, p_bumps integer[] DEFAULT NULL, p_tids tid[] DEFAULT NULL)
+CREATE FUNCTION "dmm"."claim_keys"(p_namespace text, p_kind text, p_owner text, p_lease_ms integer, p_identities text[], p_rows bigint[] DEFAULT NULL, p_bumps integer[] DEFAULT NULL)
 RETURNS TABLE (ord integer, status text, cache jsonb, generation bigint, attempts integer, epoch bigint, reason text, due_in_ms double precision)
 LANGUAGE plpgsql SET enable_seqscan = off SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
@@ -33,8 +34,8 @@ BEGIN
     SELECT w.ord::integer - 1 AS ord, w.ident FROM unnest(p_identities) WITH ORDINALITY AS w(ident, ord)
   ), looked AS (
     SELECT w.ord, w.ident, l.mtid, l.prev_owner, l.due_at, l.due_reason,
-      (l.mtid IS NOT NULL AND ob.otid IS NOT NULL
-        AND NOT (ob.otid = p_tids[w.ord + 1] AND ob.id = p_rows[w.ord + 1] AND ob.bumps = p_bumps[w.ord + 1])) AS queued
+      (l.mtid IS NOT NULL AND ob.id IS NOT NULL
+        AND NOT (ob.id = p_rows[w.ord + 1] AND ob.bumps = p_bumps[w.ord + 1])) AS queued
     FROM want w
     LEFT JOIN LATERAL (
       SELECT m.ctid AS mtid, m.lease_owner AS prev_owner, m.due_at, m.due_reason
@@ -46,7 +47,7 @@ BEGIN
     -- hashed scan of the kind's whole outbox per call. By key it can only take the primary key
     -- (0009 keeps the take index out of it).
     LEFT JOIN LATERAL (
-      SELECT o.ctid AS otid, o.id, o.bumps FROM "dmm"."dmm_outbox" o
+      SELECT o.id, o.bumps FROM "dmm"."dmm_outbox" o
       WHERE p_rows[w.ord + 1] IS NOT NULL
         AND o.namespace = p_namespace AND o.kind = p_kind AND o.identity = w.ident
       LIMIT 1

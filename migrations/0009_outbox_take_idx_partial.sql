@@ -1,16 +1,19 @@
--- The take index becomes partial on a predicate that always holds (available_at is NOT NULL),
--- so that only queries that state it can use the index: every take and "when is the next row
--- due" query below does; a look-up by key cannot, and always takes the primary key.
+-- The take index becomes partial on a predicate that always holds (available_at > '-infinity';
+-- the column is NOT NULL and set from now()), so that only queries that state it can use the
+-- index: every take, "when is the next row due" and kind skip-scan query below does; a look-up
+-- by key cannot, and always takes the primary key.
 -- Why: on a table without statistics (autovacuum off or behind, a fresh backlog) the planner
 -- prices a look-up by (namespace, kind, identity) the same through either index, both having
 -- (namespace, kind) in front, and a generic plan keeps whichever won. Through the take index the
 -- look-up filters every row of the kind: in the benchmark's NATS drain, each batch claim's
 -- outbox look-up (migration 0007) cost 27 ms per 128 keys, and the Postgres CPU per item tripled.
--- The relay's settle already avoided it by row version (0005). The functions are those of 0003
--- (take_and_claim) and 0005 (relay_take), with `available_at IS NOT NULL` added to each query
--- that is meant to use the index (the skip scan over a namespace's kinds included).
+-- (The relay's settle already avoided it by row version, 0005.) The predicate is not
+-- `IS NOT NULL`: newer planners drop that test on a NOT NULL column from a query, which then
+-- could not match the index any more.
+-- The functions are those of 0003 (take_and_claim) and 0005 (relay_take), with the predicate
+-- added to each query that is meant to use the index.
 DROP INDEX "dmm"."dmm_outbox_take_idx";--> statement-breakpoint
-CREATE INDEX "dmm_outbox_take_idx" ON "dmm"."dmm_outbox" USING btree ("namespace","kind","available_at","id") WHERE "dmm"."dmm_outbox"."available_at" is not null;
+CREATE INDEX "dmm_outbox_take_idx" ON "dmm"."dmm_outbox" USING btree ("namespace","kind","available_at","id") WHERE "dmm"."dmm_outbox"."available_at" > '-infinity'::timestamptz;
 --> statement-breakpoint
 CREATE OR REPLACE FUNCTION "dmm"."take_and_claim"(p_namespace text, p_kind text, p_owner text, p_lease_ms integer, p_limit integer)
 RETURNS TABLE (identity text, cache jsonb, generation bigint, attempts integer, epoch bigint, reason text, taken integer, next_in_ms double precision)
@@ -28,7 +31,7 @@ DECLARE
 BEGIN
   WITH taken AS (
     SELECT o.ctid AS otid, o.identity AS ident FROM "dmm"."dmm_outbox" o
-    WHERE o.namespace = p_namespace AND o.kind = p_kind AND o.available_at IS NOT NULL AND o.available_at <= now()
+    WHERE o.namespace = p_namespace AND o.kind = p_kind AND o.available_at > '-infinity'::timestamptz AND o.available_at <= now()
       AND (o.relay_until IS NULL OR o.relay_until <= now())
     ORDER BY o.available_at, o.id
     LIMIT p_limit
@@ -64,7 +67,7 @@ BEGIN
   IF v_taken = 0 THEN
     SELECT extract(epoch FROM (o.available_at - now())) * 1000 INTO v_next
     FROM "dmm"."dmm_outbox" o
-    WHERE o.namespace = p_namespace AND o.kind = p_kind AND o.available_at IS NOT NULL
+    WHERE o.namespace = p_namespace AND o.kind = p_kind AND o.available_at > '-infinity'::timestamptz
       AND (o.relay_until IS NULL OR o.relay_until <= now())
     ORDER BY o.available_at LIMIT 1;
     RETURN QUERY SELECT NULL::text, NULL::jsonb, NULL::bigint, NULL::integer, NULL::bigint, NULL::text, 0, v_next;
@@ -85,7 +88,7 @@ BEGIN
   -- A NULL (none left) stays NULL.
   SELECT extract(epoch FROM (o.available_at - now())) * 1000 INTO v_next
   FROM "dmm"."dmm_outbox" o
-  WHERE o.namespace = p_namespace AND o.kind = p_kind AND o.available_at IS NOT NULL
+  WHERE o.namespace = p_namespace AND o.kind = p_kind AND o.available_at > '-infinity'::timestamptz
     AND (o.relay_until IS NULL OR o.relay_until <= now())
   ORDER BY o.available_at LIMIT 1;
 
@@ -112,9 +115,9 @@ DECLARE
   v_next double precision;
 BEGIN
   WITH RECURSIVE k AS (
-    (SELECT o.kind AS k FROM "dmm"."dmm_outbox" o WHERE o.namespace = p_namespace AND o.available_at IS NOT NULL ORDER BY o.kind LIMIT 1)
+    (SELECT o.kind AS k FROM "dmm"."dmm_outbox" o WHERE o.namespace = p_namespace AND o.available_at > '-infinity'::timestamptz ORDER BY o.kind LIMIT 1)
     UNION ALL
-    SELECT (SELECT o.kind FROM "dmm"."dmm_outbox" o WHERE o.namespace = p_namespace AND o.kind > k.k AND o.available_at IS NOT NULL ORDER BY o.kind LIMIT 1)
+    SELECT (SELECT o.kind FROM "dmm"."dmm_outbox" o WHERE o.namespace = p_namespace AND o.kind > k.k AND o.available_at > '-infinity'::timestamptz ORDER BY o.kind LIMIT 1)
     FROM k WHERE k.k IS NOT NULL
   )
   SELECT array_agg(k.k) INTO v_kinds FROM k WHERE k.k IS NOT NULL;
@@ -131,7 +134,7 @@ BEGIN
     FROM unnest(v_kinds) AS kk(kind)
     CROSS JOIN LATERAL (
       SELECT o.ctid AS otid FROM "dmm"."dmm_outbox" o
-      WHERE o.namespace = p_namespace AND o.kind = kk.kind AND o.available_at IS NOT NULL AND o.available_at <= now()
+      WHERE o.namespace = p_namespace AND o.kind = kk.kind AND o.available_at > '-infinity'::timestamptz AND o.available_at <= now()
         AND (o.relay_until IS NULL OR o.relay_until <= now())
       ORDER BY o.available_at, o.id
       LIMIT v_share
@@ -154,7 +157,7 @@ BEGIN
      FROM unnest(v_kinds) AS kk(kind)
      CROSS JOIN LATERAL (
        SELECT o.available_at FROM "dmm"."dmm_outbox" o
-       WHERE o.namespace = p_namespace AND o.kind = kk.kind AND o.available_at IS NOT NULL
+       WHERE o.namespace = p_namespace AND o.kind = kk.kind AND o.available_at > '-infinity'::timestamptz
          AND (o.relay_until IS NULL OR o.relay_until <= now())
        ORDER BY o.available_at LIMIT 1
      ) f)

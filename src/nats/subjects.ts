@@ -47,19 +47,17 @@ export function parseBatchSubject(namespace: string, subject: string): { kind: s
   return m ? { kind: m[1]! } : null;
 }
 
-/** One identity of a batch token, with the outbox row it was relayed from (id, bump count, row version). */
+/** One identity of a batch token, with the outbox row (id and bump count) it was relayed from. */
 export interface BatchEntry {
   identity: string;
   row: number;
   bumps: number;
-  /** The row version (ctid, `(page,item)`) the relay's take marked. */
-  tid: string;
 }
 
 /**
  * The entries of a batch token's body: a JSON array of 1 to MAX_BATCH_IDENTITIES
- * `[identity, row id, bumps, "(page,item)"]` with distinct identities dmm would accept; null for
- * anything dmm did not write.
+ * `[identity, row id, bumps]` with distinct identities dmm would accept; null for anything dmm
+ * did not write.
  */
 export function parseBatchBody(body: Uint8Array): BatchEntry[] | null {
   let list: unknown;
@@ -72,20 +70,19 @@ export function parseBatchBody(body: Uint8Array): BatchEntry[] | null {
   const entries: BatchEntry[] = [];
   const seen = new Set<string>();
   for (const e of list) {
-    if (!Array.isArray(e) || e.length !== 4) return null;
-    const [identity, row, bumps, tid] = e as unknown[];
+    if (!Array.isArray(e) || e.length !== 3) return null;
+    const [identity, row, bumps] = e as unknown[];
     if (!acceptable(identity) || seen.has(identity)) return null;
     if (!Number.isSafeInteger(row) || (row as number) < 1 || !Number.isSafeInteger(bumps) || (bumps as number) < 0) return null;
-    if (typeof tid !== "string" || !/^\([0-9]{1,10},[0-9]{1,5}\)$/.test(tid)) return null;
     seen.add(identity);
-    entries.push({ identity, row: row as number, bumps: bumps as number, tid });
+    entries.push({ identity, row: row as number, bumps: bumps as number });
   }
   return entries;
 }
 
 /** The body of a batch token (see parseBatchBody). */
 export function batchBody(entries: readonly BatchEntry[]): string {
-  return JSON.stringify(entries.map((e) => [e.identity, e.row, e.bumps, e.tid]));
+  return JSON.stringify(entries.map((e) => [e.identity, e.row, e.bumps]));
 }
 
 /** What dmm accepts as an identity: non-empty, well-formed Unicode, no NUL, at most 512 bytes. */

@@ -44,10 +44,10 @@ export interface Token {
    */
   readonly batched?: boolean;
   /**
-   * A batch token's identity: the outbox row it was relayed from (id, bumps, row version). The
-   * claim leaves the matter to a newer outbox row of the identity, if there is one (see claimKeys).
+   * A batch token's identity: the outbox row it was relayed from (id and bumps). The claim
+   * leaves the matter to a newer outbox row of the identity, if there is one (see claimKeys).
    */
-  readonly origin?: { row: number; bumps: number; tid: string };
+  readonly origin?: { row: number; bumps: number };
 }
 
 /** What the relay publishes: one identity's token, or a batch token naming many of a kind. */
@@ -374,13 +374,13 @@ function toBatchTokens(kind: string, entries: BatchEntry[], msg: JsMsg): Token[]
     if (redeliverMs >= 0) msg.nak(redeliverMs);
     else msg.ack();
   };
-  return entries.map(({ identity, row, bumps, tid }) => {
+  return entries.map(({ identity, row, bumps }) => {
     let settled = false;
     return {
       kind,
       identity,
       batched: true,
-      origin: { row, bumps, tid },
+      origin: { row, bumps },
       ack() {
         if (settled) return;
         settled = true;

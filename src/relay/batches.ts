@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 /** A message as the publisher takes it: one identity's token, or a batch token of one kind. */
 export type TokenMessage =
   | { kind: string; identity: string; msgId: string }
-  | { kind: string; batch: { identity: string; row: number; bumps: number; tid: string }[]; msgId: string };
+  | { kind: string; batch: { identity: string; row: number; bumps: number }[]; msgId: string };
 
 /** What publishing one message came to: stored, refused (its subject holds a pending token), failed. */
 export type PublishResult = "ok" | "busy" | "error";
@@ -76,9 +76,9 @@ export function planMessages(rows: readonly { kind: string; identity: string }[]
   return planned;
 }
 
-/** An upper bound of one entry's bytes in a batch body: `["identity",row id,bumps,"(page,item)"],`. */
+/** An upper bound of one entry's bytes in a batch body: `["identity",row id,bumps],`. */
 function entryBytes(identity: string): number {
-  return Buffer.byteLength(JSON.stringify(identity), "utf8") + 2 * 20 + 30 + 6;
+  return Buffer.byteLength(JSON.stringify(identity), "utf8") + 2 * 20 + 5;
 }
 
 /**
@@ -91,7 +91,7 @@ function entryBytes(identity: string): number {
  */
 export function relayMessages(
   namespace: string,
-  rows: readonly { id: number; kind: string; identity: string; bumps: number; born: string; tid: string }[],
+  rows: readonly { id: number; kind: string; identity: string; bumps: number; born: string }[],
   policy: BatchPolicy = DEFAULT_BATCH_POLICY,
 ): { messages: TokenMessage[]; perRow(results: readonly PublishResult[]): PublishResult[] } {
   const rowMsgId = (r: (typeof rows)[number]) => `${namespace}:${r.id}:${r.bumps}:${r.born}`;
@@ -101,7 +101,7 @@ export function relayMessages(
     if (!m.batch) return { kind: first.kind, identity: first.identity, msgId: rowMsgId(first) };
     const digest = createHash("sha256");
     for (const i of m.rows) digest.update(rowMsgId(rows[i]!)).update("\n");
-    const batch = m.rows.map((i) => ({ identity: rows[i]!.identity, row: rows[i]!.id, bumps: rows[i]!.bumps, tid: rows[i]!.tid }));
+    const batch = m.rows.map((i) => ({ identity: rows[i]!.identity, row: rows[i]!.id, bumps: rows[i]!.bumps }));
     return { kind: first.kind, batch, msgId: `${namespace}:b:${digest.digest("base64url")}` };
   });
   return {

@@ -84,18 +84,20 @@ export const dmmOutbox = dmmSchema.table(
   },
   (t) => [
     /**
-     * One row per identity; also how the relay finds its rows again. No index on `id` alone: an
-     * index fewer to write for every notify of an identity that is not pending yet.
+     * One row per identity (every upsert of the outbox goes through it; the relay finds its rows
+     * again by row version). No index on `id` alone: an index fewer to write for every notify of
+     * an identity that is not pending yet.
      */
     primaryKey({ name: "dmm_outbox_pkey", columns: [t.namespace, t.kind, t.identity] }),
     /**
      * Takes go kind by kind, oldest first: an ordered scan, never a sort. Partial on a predicate
-     * that always holds (the column is NOT NULL), so that only queries that say so (every take
-     * does) can use it: a lookup by key always takes the primary key. Without statistics the
-     * planner prices both indexes the same for such a lookup, and picking this one filters the
-     * whole kind (migration 0009).
+     * that always holds (`available_at > '-infinity'`), so that only queries that state it (every
+     * take does) can use it: a look-up by key always takes the primary key. Without statistics
+     * the planner prices both indexes the same for such a look-up, and picking this one filters
+     * the whole kind (migration 0009). Not `IS NOT NULL`: newer planners drop that test on a
+     * NOT NULL column from queries, and could then no longer match the index.
      */
-    index("dmm_outbox_take_idx").on(t.namespace, t.kind, t.availableAt, t.id).where(sql`${t.availableAt} is not null`),
+    index("dmm_outbox_take_idx").on(t.namespace, t.kind, t.availableAt, t.id).where(sql`${t.availableAt} > '-infinity'::timestamptz`),
   ],
 );
 

@@ -61,10 +61,9 @@ export const CLAIMABLE = sql.raw(
 /**
  * Claims the matters named by tokens of one kind, in one call of `dmm.claim_keys` (migration
  * 0003: lock each key with SKIP LOCKED, then stamp the leases by ctid). Returns one status per
- * key, in order. A key with an origin (a batch token's: the outbox row version it was relayed
- * from) whose identity has an outbox row other than that version (another row, or that row
- * changed since) is `idle` (migration 0007): that newer row dispatches it, after its coalescing
- * pause.
+ * key, in order. A key with an origin (a batch token's: the outbox row it was relayed from)
+ * whose identity has an outbox row other than that one (another row, or that row bumped since)
+ * is `idle` (migration 0007): that newer row dispatches it, after its coalescing pause.
  */
 export async function claimKeys(
   exec: Executor,
@@ -73,7 +72,7 @@ export async function claimKeys(
   leaseMs: number,
   kind: string,
   identities: string[],
-  origins?: ({ row: number; bumps: number; tid: string } | null)[],
+  origins?: ({ row: number; bumps: number } | null)[],
 ): Promise<ClaimStatus[]> {
   if (identities.length === 0) return [];
   // One claim per identity: a key asked for twice in a batch (a recovered key and its token)
@@ -84,7 +83,7 @@ export async function claimKeys(
   if (firstAt.size < identities.length) {
     const unique = [...firstAt.keys()];
     // Of an identity's origins, the newest stands for all (none: one of them came without).
-    const origin = new Map<string, { row: number; bumps: number; tid: string } | null>();
+    const origin = new Map<string, { row: number; bumps: number } | null>();
     identities.forEach((id, i) => {
       const o = origins?.[i] ?? null;
       const seen = origin.get(id);
@@ -98,7 +97,7 @@ export async function claimKeys(
   const result = await rows<ClaimRow>(
     exec,
     sql`select c.ord, c.status, c.cache, c.generation::text, c.attempts, c.epoch::text, c.reason, c.due_in_ms
-        from ${SOFT_COMMIT}, dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[], ${origins?.some(Boolean) ? pgArray(origins.map((o) => o?.row)) : null}::bigint[], ${origins?.some(Boolean) ? pgArray(origins.map((o) => o?.bumps)) : null}::integer[], ${origins?.some(Boolean) ? `{${origins.map((o) => (o ? `"${o.tid}"` : "NULL")).join(",")}}` : null}::tid[]) c`,
+        from ${SOFT_COMMIT}, dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[], ${origins?.some(Boolean) ? pgArray(origins.map((o) => o?.row)) : null}::bigint[], ${origins?.some(Boolean) ? pgArray(origins.map((o) => o?.bumps)) : null}::integer[]) c`,
   );
   return result.map((r, i) => toStatus(r, { kind, identity: identities[i]! }, owner));
 }

@@ -31,7 +31,7 @@ export interface TokenSourceDeps {
   /** Pulls up to `max` messages; yields each message's tokens (a batch token has many). */
   fetch(max: number, expiresMs: number, signal: AbortSignal): AsyncIterable<Token[]>;
   /** Claims the keys; one with an `origin` defers to a newer outbox row of its identity (see claimKeys). */
-  claim(keys: { kind: string; identity: string; origin: { row: number; bumps: number; tid: string } | null }[]): Promise<ClaimStatus[]>;
+  claim(keys: { kind: string; identity: string; origin: { row: number; bumps: number } | null }[]): Promise<ClaimStatus[]>;
 }
 
 /**

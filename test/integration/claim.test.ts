@@ -23,31 +23,35 @@ describe("claimKeys", () => {
 });
 
 describe("claimKeys for a batch token's identities", () => {
-  it("claims where the outbox holds the token's own row version or none, and leaves the matter to a newer row or a changed one", async () => {
+  it("claims where the outbox holds the token's own row (settled, deferred or not) or none, and leaves the matter to a newer row or a bumped one", async () => {
     const sql = env.sql();
     const db = drizzle(sql);
     const ns = env.namespace();
-    const keys = ["own", "other", "bumped", "gone", "single"];
+    const keys = ["own", "other", "bumped", "gone", "single", "deferred"];
     await notifyMatters(db, ns, keys.map((identity) => ({ kind: "k", identity, cache: "{}" })));
-    // The row versions a relay's take would have named.
+    // The rows a relay's take would have named.
     const outbox = new Map(
-      (await sql<{ identity: string; id: string; bumps: number; tid: string }[]>`select identity, id::text, bumps, ctid::text as tid from dmm.dmm_outbox where namespace = ${ns}`).map(
-        (r) => [r.identity, { row: Number(r.id), bumps: r.bumps, tid: r.tid }],
-      ),
+      (await sql<{ identity: string; id: string; bumps: number }[]>`select identity, id::text, bumps from dmm.dmm_outbox where namespace = ${ns}`).map((r) => [
+        r.identity,
+        { row: Number(r.id), bumps: r.bumps },
+      ]),
     );
     await notifyMatters(db, ns, [{ kind: "k", identity: "bumped", cache: "{}" }]);
     await sql`delete from dmm.dmm_outbox where namespace = ${ns} and identity = 'gone'`;
+    // A relay's settle deferred this row after a failed publish: a new row version, same row.
+    await sql`update dmm.dmm_outbox set tries = tries + 1, available_at = now() + interval '20 milliseconds' where namespace = ${ns} and identity = 'deferred'`;
     const origins = [
       outbox.get("own")!,
       { ...outbox.get("other")!, row: outbox.get("other")!.row + 1000 },
       outbox.get("bumped")!,
       outbox.get("gone")!,
       null,
+      outbox.get("deferred")!,
     ];
     const statuses = await claimKeys(db, ns, "owner-1", 30_000, "k", keys, origins);
-    expect(statuses.map((s) => s.status)).toEqual(["claimed", "idle", "idle", "claimed", "claimed"]);
+    expect(statuses.map((s) => s.status)).toEqual(["claimed", "idle", "idle", "claimed", "claimed", "claimed"]);
     const leased = await sql`select identity from dmm.dmm_matter where namespace = ${ns} and lease_owner is not null order by identity`;
-    expect(leased.map((r) => r.identity)).toEqual(["gone", "own", "single"]);
+    expect(leased.map((r) => r.identity)).toEqual(["deferred", "gone", "own", "single"]);
     await sql.close();
   });
 });
@@ -60,7 +64,7 @@ describe("claimKeys' outbox look-up for a batch token's identities", () => {
     const keys = Array.from({ length: 3_000 }, (_, i) => `k${i}`);
     for (let i = 0; i < keys.length; i += 500) await notifyMatters(db, ns, keys.slice(i, i + 500).map((identity) => ({ kind: "k", identity, cache: "{}" })));
     const rowsOf = new Map(
-      (await sql<{ identity: string; id: string; tid: string }[]>`select identity, id::text, ctid::text as tid from dmm.dmm_outbox where namespace = ${ns}`).map((r) => [r.identity, { row: Number(r.id), bumps: 0, tid: r.tid }]),
+      (await sql<{ identity: string; id: string }[]>`select identity, id::text from dmm.dmm_outbox where namespace = ${ns}`).map((r) => [r.identity, { row: Number(r.id), bumps: 0 }]),
     );
     const reads = async () => {
       await sql`select pg_stat_force_next_flush()`;
@@ -85,11 +89,11 @@ describe("claimKeys for an identity named by two batch tokens in one take", () =
     const db = drizzle(sql);
     const ns = env.namespace();
     await notifyMatters(db, ns, [{ kind: "k", identity: "x", cache: "{}" }]);
-    const [row] = await sql<{ id: string; tid: string }[]>`select id::text, ctid::text as tid from dmm.dmm_outbox where namespace = ${ns}`;
-    const current = { row: Number(row!.id), bumps: 0, tid: row!.tid };
+    const [row] = await sql<{ id: string }[]>`select id::text from dmm.dmm_outbox where namespace = ${ns}`;
+    const current = { row: Number(row!.id), bumps: 0 };
     // An older batch named x from a row since settled; the newer one names the row a relay is
     // settling now. Either order: the identity is claimed once.
-    for (const order of [[{ row: current.row - 1, bumps: 0, tid: "(0,1)" }, current], [current, { row: current.row - 1, bumps: 3, tid: "(0,2)" }]]) {
+    for (const order of [[{ row: current.row - 1, bumps: 0 }, current], [current, { row: current.row - 1, bumps: 3 }]]) {
       const statuses = await claimKeys(db, ns, "owner-1", 30_000, "k", ["x", "x"], order);
       expect(statuses.map((s) => s.status).sort()).toEqual(["claimed", "idle"]);
       await sql`update dmm.dmm_matter set lease_owner = null, lease_until = null where namespace = ${ns}`;

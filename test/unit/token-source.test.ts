@@ -14,7 +14,7 @@ function batch(size: number, from: number, settled: Map<string, string>): Token[
       kind: "k",
       identity,
       batched: true,
-      origin: { row: from + i + 1, bumps: 0, tid: `(0,${from + i + 1})` },
+      origin: { row: from + i + 1, bumps: 0 },
       ack: () => void settled.set(identity, "ack"),
       nak: (ms: number) => void settled.set(identity, `nak ${ms}`),
       working: () => {},
