@@ -54,7 +54,8 @@ export const dmmMatter = dmmSchema.table(
 /**
  * Transactional outbox: one pending row per identity, written by the trigger on dmm_matter in
  * the notifying transaction. The relay (or, without NATS, the workers) take rows with
- * SKIP LOCKED and delete them once dispatched.
+ * SKIP LOCKED and delete them once dispatched. Fillfactor 50 (migration 0010), so that the
+ * relay's in-flight mark of a whole round stays a HOT update.
  */
 export const dmmOutbox = dmmSchema.table(
   "dmm_outbox",
