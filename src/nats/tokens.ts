@@ -368,6 +368,15 @@ function batchId(msgId: string): string {
 function toBatchTokens(kind: string, entries: BatchEntry[], msg: JsMsg): Token[] {
   let open = entries.length;
   let redeliverMs = -1;
+  // Every identity of the batch (its heartbeat, its retries) would tell JetStream the same
+  // thing: once a second is plenty against an ack wait of 5 s or more.
+  let workingAt = 0;
+  const working = () => {
+    const now = Date.now();
+    if (now - workingAt < 1_000) return;
+    workingAt = now;
+    msg.working();
+  };
   const settle = (nakMs: number | null) => {
     if (nakMs !== null) redeliverMs = Math.max(redeliverMs, nakMs);
     if (--open > 0) return;
@@ -391,7 +400,7 @@ function toBatchTokens(kind: string, entries: BatchEntry[], msg: JsMsg): Token[]
         settled = true;
         settle(ms);
       },
-      working: () => msg.working(),
+      working,
     };
   });
 }

@@ -12,9 +12,6 @@ export type TokenMessage =
   | { kind: string; identity: string; msgId: string }
   | { kind: string; batch: { identity: string; row: number; bumps: number }[]; msgId: string };
 
-/** What publishing one message came to: stored, refused (its subject holds a pending token), failed. */
-export type PublishResult = "ok" | "busy" | "error";
-
 /** When a round batches a kind's rows, and how many identities one batch names. */
 export interface BatchPolicy {
   /** A kind with at least this many rows in one round is sent as batch tokens. Default 32. */
@@ -93,7 +90,7 @@ export function relayMessages(
   namespace: string,
   rows: readonly { id: number; kind: string; identity: string; bumps: number; born: string }[],
   policy: BatchPolicy = DEFAULT_BATCH_POLICY,
-): { messages: TokenMessage[]; perRow(results: readonly PublishResult[]): PublishResult[] } {
+): { messages: TokenMessage[]; perRow<R extends string>(results: readonly R[]): (R | "ok")[] } {
   const rowMsgId = (r: (typeof rows)[number]) => `${namespace}:${r.id}:${r.bumps}:${r.born}`;
   const planned = planMessages(rows, policy);
   const messages = planned.map((m): TokenMessage => {
@@ -106,8 +103,8 @@ export function relayMessages(
   });
   return {
     messages,
-    perRow(results) {
-      const out = new Array<PublishResult>(rows.length);
+    perRow<R extends string>(results: readonly R[]) {
+      const out = new Array<R | "ok">(rows.length);
       planned.forEach((m, j) => {
         // A batch's subject is its own: "busy" there means this very batch is already pending.
         const r = results[j]!;

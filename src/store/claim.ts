@@ -94,10 +94,12 @@ export async function claimKeys(
     const byId = new Map(unique.map((id, i) => [id, statuses[i]!]));
     return identities.map((id, i) => (firstAt.get(id) === i ? byId.get(id)! : { status: "idle" as const }));
   }
+  const given = origins?.some(Boolean) ? origins : null;
   const result = await rows<ClaimRow>(
     exec,
     sql`select c.ord, c.status, c.cache, c.generation::text, c.attempts, c.epoch::text, c.reason, c.due_in_ms
-        from ${SOFT_COMMIT}, dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[], ${origins?.some(Boolean) ? pgArray(origins.map((o) => o?.row)) : null}::bigint[], ${origins?.some(Boolean) ? pgArray(origins.map((o) => o?.bumps)) : null}::integer[]) c`,
+        from ${SOFT_COMMIT}, dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[],
+          ${given && pgArray(given.map((o) => o?.row))}::bigint[], ${given && pgArray(given.map((o) => o?.bumps))}::integer[]) c`,
   );
   return result.map((r, i) => toStatus(r, { kind, identity: identities[i]! }, owner));
 }

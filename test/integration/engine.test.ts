@@ -622,6 +622,7 @@ describe.each(MODES)("with %s dispatch", (mode) => {
   it("lets close() finish the run in flight, and may be called twice", async () => {
     const bucket = await env.open(mode);
     const started = deferred();
+    const release = deferred();
     class Graceful {
       id = "";
       done = false;
@@ -630,7 +631,7 @@ describe.each(MODES)("with %s dispatch", (mode) => {
       }
       async materialize() {
         started.resolve();
-        await new Promise((r) => setTimeout(r, 300));
+        await release.promise;
         this.done = true;
       }
     }
@@ -639,7 +640,10 @@ describe.each(MODES)("with %s dispatch", (mode) => {
     const work = stream.work();
     await bucket.notify(Object.assign(new Graceful(), { id: "g" }));
     await started.promise;
-    await Promise.all([bucket.close(), bucket.close()]);
+    // Both closes begin while the run is in flight; the run ends after that.
+    const closing = Promise.all([bucket.close(), bucket.close()]);
+    release.resolve();
+    await closing;
     await work;
     expect(runs.map((r) => r.outcome)).toEqual(["ok"]);
     const sql = env.sql();
