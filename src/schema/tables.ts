@@ -4,10 +4,22 @@
  * they must not re-export them from the schema files their own drizzle.config.ts reads.
  */
 import { sql } from "drizzle-orm";
-import { bigint, boolean, index, integer, jsonb, pgSchema, primaryKey, text, timestamp } from "drizzle-orm/pg-core";
+import { bigint, boolean, customType, index, integer, jsonb, pgSchema, primaryKey, text, timestamp } from "drizzle-orm/pg-core";
 
 /** The Postgres schema that holds every dmm table, function and trigger. */
 export const dmmSchema = pgSchema("dmm");
+
+/**
+ * Text compared byte by byte (`COLLATE "C"`), for the key columns: namespace, kind, identity.
+ * Keys are matched and ordered, never shown in a language's order, and a bytewise compare is a
+ * `memcmp`, where the database's default collation (`en_US.UTF-8`, even `C.UTF-8`) goes through
+ * the C library's `strcoll` for every comparison in every index descent and sort (migration
+ * 0011 says what that cost). Every statement that orders keys to fix a lock order orders them
+ * `COLLATE "C"` as well, so all of dmm's statements lock in one order.
+ */
+const keyText = customType<{ data: string; driverData: string }>({
+  dataType: () => 'text COLLATE "C"',
+});
 
 /**
  * One row per (namespace, kind, identity): the cache plus bookkeeping. Hot columns that change
@@ -17,9 +29,9 @@ export const dmmSchema = pgSchema("dmm");
 export const dmmMatter = dmmSchema.table(
   "dmm_matter",
   {
-    namespace: text("namespace").notNull(),
-    kind: text("kind").notNull(),
-    identity: text("identity").notNull(),
+    namespace: keyText("namespace").notNull(),
+    kind: keyText("kind").notNull(),
+    identity: keyText("identity").notNull(),
     /** The materializer's own fields as last saved (by a notify or a successful run). */
     cache: jsonb("cache").notNull().default(sql`'{}'::jsonb`),
     /** Bumped by every notify and touch; a run is wanted while it exceeds observed_generation. */
@@ -62,9 +74,9 @@ export const dmmOutbox = dmmSchema.table(
   {
     /** Row id: orders rows of one availability time, and names a token (msgID) with `bumps`. */
     id: bigint("id", { mode: "number" }).notNull().generatedAlwaysAsIdentity(),
-    namespace: text("namespace").notNull(),
-    kind: text("kind").notNull(),
-    identity: text("identity").notNull(),
+    namespace: keyText("namespace").notNull(),
+    kind: keyText("kind").notNull(),
+    identity: keyText("identity").notNull(),
     /** Rows refused by JetStream (a token is already pending or running) wait until then. */
     availableAt: timestamp("available_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
     /**

@@ -22,7 +22,9 @@ export interface TouchItem {
 /*
  * Lock order. Every statement that locks several rows locks matter rows before outbox rows,
  * each in (kind, identity) order, so dmm's statements never deadlock one another however
- * batches overlap. Claims and the sweep use SKIP LOCKED and never wait at all.
+ * batches overlap. That order is bytewise (`COLLATE "C"`, the key columns' own collation):
+ * keys that come in as parameters carry the database's default collation and are sorted
+ * `collate "C"` explicitly. Claims and the sweep use SKIP LOCKED and never wait at all.
  */
 
 /**
@@ -42,7 +44,7 @@ export async function notifyMatters(exec: Executor, namespace: string, items: No
     sql`insert into dmm.dmm_matter as m (namespace, kind, identity, cache, dispatched_at)
         select ${namespace}::text, x.kind, x.identity, x.cache, now()
         from jsonb_to_recordset(${list}::jsonb) as x(kind text, identity text, cache jsonb)
-        order by x.kind, x.identity
+        order by x.kind collate "C", x.identity collate "C"
         on conflict (namespace, kind, identity) do update set
           cache = excluded.cache,
           generation = m.generation + 1,
@@ -59,7 +61,7 @@ export async function touchMatters(exec: Executor, namespace: string, items: Tou
     sql`insert into dmm.dmm_matter as m (namespace, kind, identity, dispatched_at)
         select ${namespace}::text, x.kind, x.identity, now()
         from jsonb_to_recordset(${jsonParam(dedupe(items))}) as x(kind text, identity text)
-        order by x.kind, x.identity
+        order by x.kind collate "C", x.identity collate "C"
         on conflict (namespace, kind, identity) do update set
           generation = m.generation + 1,
           parked = false, due_at = null, due_reason = null,
@@ -78,7 +80,7 @@ export async function enqueueMatters(exec: Executor, namespace: string, items: T
     sql`with keys as (
           select x.kind, x.identity from jsonb_to_recordset(${jsonParam(dedupe(items))}) as x(kind text, identity text)
         ), locked as (
-          select m.row, k.kind, k.identity from (select * from keys order by kind, identity) k
+          select m.row, k.kind, k.identity from (select * from keys order by kind collate "C", identity collate "C") k
           cross join lateral (
             select m.ctid as row from dmm.dmm_matter m
             where m.namespace = ${namespace} and m.kind = k.kind and m.identity = k.identity
@@ -88,7 +90,7 @@ export async function enqueueMatters(exec: Executor, namespace: string, items: T
           update dmm.dmm_matter m set dispatched_at = now() from locked k where m.namespace = ${namespace} and m.kind = k.kind and m.identity = k.identity
         ), ins as (
           insert into dmm.dmm_outbox (namespace, kind, identity)
-          select ${namespace}::text, k.kind, k.identity from locked k order by k.kind, k.identity
+          select ${namespace}::text, k.kind, k.identity from locked k order by k.kind collate "C", k.identity collate "C"
           on conflict (namespace, kind, identity) do update set bumps = dmm.dmm_outbox.bumps + 1,
             available_at = least(dmm.dmm_outbox.available_at, now()), relay_until = null
           returning kind

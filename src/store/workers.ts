@@ -78,7 +78,7 @@ export async function registerWorker(client: postgres.Sql, namespace: string, id
           with x as (
             select * from unnest(${mine.map((k) => k.identity)}::text[], ${mine.map((k) => String(k.epoch))}::bigint[]) as x(identity, epoch)
           ), locked as (
-            select m.identity from (select identity from x order by identity) x
+            select m.identity from (select identity from x order by identity collate "C") x
             cross join lateral (
               select m.identity from dmm.dmm_matter m
               where m.namespace = ${namespace} and m.kind = ${kind} and m.identity = x.identity
