@@ -1,0 +1,100 @@
+/**
+ * dmm's hot functions keep one generic plan per connection for the connection's life
+ * (`plan_cache_mode = force_generic_plan`), planned at their first call, often on an outbox
+ * without statistics. Whatever the table looked like then, a take must stay an
+ * ordered scan of the take index that stops after the rows it takes: never a scan of the
+ * kind's whole outbox through the primary key and a sort (which made every take cost in
+ * proportion to the backlog, migration 0012), and never a plan priced so high that Postgres
+ * JIT-compiles it on every call.
+ */
+import { describe, expect, it } from "vitest";
+import { randomBytes } from "node:crypto";
+import postgres from "postgres";
+import { drizzle } from "drizzle-orm/postgres-js";
+import { notifyMatters, relayOutbox, takeAndClaim } from "../../src/store/index.js";
+import { TEMPLATE_DB, TEST_DB_PREFIX, urlFor } from "../harness/env.js";
+import { useTestEnvironment } from "../harness/setup.js";
+
+useTestEnvironment();
+
+const BACKLOG = 50_000;
+
+/** A database of its own, cloned from the migrated template: its outbox starts empty. */
+async function withFreshDatabase(fn: (sql: postgres.Sql) => Promise<void>): Promise<void> {
+  const name = `${TEST_DB_PREFIX}plan_${randomBytes(4).toString("hex")}`;
+  const admin = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
+  await admin.unsafe(`create database "${name}" template "${TEMPLATE_DB}"`);
+  const sql = postgres(urlFor(name), { max: 1, onnotice: () => {} });
+  try {
+    await fn(sql);
+  } finally {
+    await sql.end();
+    await admin.unsafe(`drop database if exists "${name}" with (force)`);
+    await admin.end();
+  }
+}
+
+/** Index entries read so far, by index name, as this connection's statistics say. */
+async function reads(sql: postgres.Sql): Promise<Record<string, number>> {
+  await sql`select pg_stat_force_next_flush()`;
+  await sql`select 1`;
+  const r = await sql<{ name: string; n: string }[]>`
+    select indexrelname as name, idx_tup_read::text as n from pg_stat_user_indexes where schemaname = 'dmm'`;
+  return Object.fromEntries(r.map((x) => [x.name, Number(x.n)]));
+}
+
+async function fillOutbox(sql: postgres.Sql, ns: string): Promise<void> {
+  const db = drizzle(sql);
+  for (let i = 0; i < BACKLOG; i += 500) {
+    await notifyMatters(db, ns, Array.from({ length: 500 }, (_, j) => ({ kind: "k", identity: `i${i + j}`, cache: "{}" })));
+  }
+  // As the benchmark's scale scenario and any autovacuum leave it: the matters have statistics.
+  await sql`analyze dmm.dmm_matter`;
+}
+
+describe("a take first planned on a large outbox without statistics", () => {
+  it("takes from a backlog of 50,000 through the take index, reading about the rows it takes (Postgres-only dispatch)", async () => {
+    await withFreshDatabase(async (sql) => {
+      const db = drizzle(sql);
+      const ns = "plans";
+      await fillOutbox(sql, ns);
+      const before = await reads(sql);
+      const { taken, claimed } = await takeAndClaim(db, ns, "owner-1", 30_000, "k", 256);
+      const after = await reads(sql);
+      expect(taken).toBe(256);
+      expect(claimed).toHaveLength(256);
+      expect(after.dmm_outbox_pkey! - before.dmm_outbox_pkey!, "outbox primary-key entries read").toBe(0);
+      expect(after.dmm_outbox_take_idx! - before.dmm_outbox_take_idx!, "take index entries read").toBeLessThan(600);
+    });
+  });
+
+  it("relays from a backlog of 50,000 through the take index, reading about the rows it takes (NATS dispatch)", async () => {
+    await withFreshDatabase(async (sql) => {
+      const db = drizzle(sql);
+      const ns = "plans";
+      // The publisher is the relay's injected I/O: JetStream accepting every token.
+      const accept = async (batch: unknown[]) => batch.map(() => "ok" as const);
+      await fillOutbox(sql, ns);
+      const before = await reads(sql);
+      const r = await relayOutbox(db, ns, 500, accept);
+      const after = await reads(sql);
+      expect(r.taken).toBe(500);
+      expect(r.dispatched).toBe(500);
+      expect(after.dmm_outbox_pkey! - before.dmm_outbox_pkey!, "outbox primary-key entries read").toBe(0);
+      expect(after.dmm_outbox_take_idx! - before.dmm_outbox_take_idx!, "take index entries read").toBeLessThan(1_100);
+    });
+  });
+});
+
+describe("dmm's functions", () => {
+  it("turn JIT off wherever they pin the planner, so that a priced-out plan is not compiled on every call", async () => {
+    await withFreshDatabase(async (sql) => {
+      const fns = await sql<{ name: string; config: string[] | null }[]>`
+        select p.proname as name, p.proconfig as config from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+        where n.nspname = 'dmm' order by 1`;
+      const pinned = fns.filter((f) => (f.config ?? []).some((c) => c.startsWith("enable_")));
+      expect(pinned.map((f) => f.name)).toContain("take_and_claim");
+      for (const f of pinned) expect(f.config, f.name).toContain("jit=off");
+    });
+  });
+});
