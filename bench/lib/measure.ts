@@ -158,6 +158,15 @@ export async function backendCpuUs(admin: postgres.Sql, database: string): Promi
   return result;
 }
 
+/**
+ * CPU time (µs, utime + stime, threads included) of one process, or null if unreadable: the
+ * worker children's own cost per item, next to the Postgres side.
+ */
+export function processCpuUs(pid: number): number | null {
+  const fields = statFields(pid);
+  return fields ? ticksToUs(Number(fields[11]) + Number(fields[12])) : null;
+}
+
 /** Sum over `after` of (after − before), counting pids absent from `before` from zero. */
 export function backendCpuDelta(before: Map<number, number>, after: Map<number, number>): number {
   let sum = 0;

@@ -62,7 +62,7 @@ const HIGHER_IS_BETTER = new Set(["per_s", "e2e_per_s", "ratio"]);
 function formatValue(metric: string, value: number): string {
   if (!Number.isFinite(value)) return "n/a";
   if (metric.endsWith("per_s")) return Math.round(value).toLocaleString("en-US");
-  if (metric === "runs" || metric === "wal_bytes_per_item" || metric === "pg_cpu_us_per_item") {
+  if (metric === "runs" || metric === "wal_bytes_per_item" || metric === "pg_cpu_us_per_item" || metric === "worker_cpu_us_per_item") {
     return Math.round(value).toLocaleString("en-US");
   }
   if (metric === "commits_per_item" || metric === "ratio") return value.toFixed(3);
@@ -244,6 +244,8 @@ const METHOD = [
   "  `pg_stat_database.xact_commit` of the bench database; `wal_bytes_per_item` from",
   "  `pg_current_wal_lsn()`; `pg_cpu_us_per_item` = utime+stime of all Postgres processes",
   "  (including exited backends, via the postmaster's cutime/cstime); `worker_rss_mb` = the worker",
-  "  process's VmHWM (includes Node and the tsx loader, the same for every system). WAL and CPU",
+  "  process's VmHWM (includes Node and the tsx loader, the same for every system);",
+  "  `worker_cpu_us_per_item` = the worker process's utime+stime from the first enqueue to the",
+  "  last completion (its client library and bookkeeping: the rest of the box). WAL and CPU",
   "  are server-wide: see `detail.other_db_commits` in the JSON for concurrent activity.",
 ];

@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { EventEmitter } from "node:events";
 import { readFileSync } from "node:fs";
+import { processCpuUs } from "./measure.js";
 import type { ChildMessage, ParentMessage, Progress } from "./protocol.js";
 import type { System, Target } from "./system.js";
 import { Scope, wallNow, withTimeout } from "./util.js";
@@ -147,6 +148,11 @@ export class WorkerProcess {
     const listener = (key: string, at: number) => fn(key, this.toParentTime(at));
     this.events.on("trace", listener);
     return () => this.events.off("trace", listener);
+  }
+
+  /** CPU time the child has used so far, in µs; null if unreadable. */
+  cpuUs(): number | null {
+    return processCpuUs(this.pid);
   }
 
   /** Peak resident set size of the child so far (`VmHWM`), in MiB; null if unreadable. */
@@ -327,6 +333,17 @@ export class WorkerGroup {
     this.workers.forEach((w) => w.flush());
     await withTimeout(Promise.race([Promise.all(answered), this.failure]), 5_000, "progress flush");
     return this.totals();
+  }
+
+  /** CPU time all children have used so far, in µs; null if any is unreadable. */
+  cpuUs(): number | null {
+    let sum = 0;
+    for (const w of this.workers) {
+      const us = w.cpuUs();
+      if (us === null) return null;
+      sum += us;
+    }
+    return sum;
   }
 
   /** Largest peak RSS among the children, in MiB. */

@@ -38,7 +38,9 @@ async function measure(system: System, env: Env, scope: Scope): Promise<Measured
   const producer = await openProducer(system, target, scope);
   await group.start(target, { concurrency: env.sizes.concurrency, workMs: 0, tracePrefix: null });
   const backendsBefore = await backendCpuUs(env.dbs.admin, target.database);
+  const workerBefore = group.cpuUs();
   const drained = await endToEnd(env, scope, producer, group, makeKeys("k-", items));
+  const workerAfter = group.cpuUs();
   const backendsAfter = await backendCpuUs(env.dbs.admin, target.database);
   const rssMb = group.peakRssMb();
   scope.step = "closing connections for the final statistics";
@@ -56,6 +58,9 @@ async function measure(system: System, env: Env, scope: Scope): Promise<Measured
   };
   if (delta.cpuUs !== null) metrics.pg_cpu_us_per_item = round(delta.cpuUs / items, 1);
   if (rssMb !== null) metrics.worker_rss_mb = round(rssMb, 1);
+  // The worker process's own CPU (its client library, the runs' bookkeeping), from its first
+  // enqueue to the last completion: the other half of the 2-core box next to Postgres.
+  if (workerBefore !== null && workerAfter !== null) metrics.worker_cpu_us_per_item = round((workerAfter - workerBefore) / items, 1);
   return {
     metrics,
     detail: {
