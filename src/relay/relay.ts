@@ -20,10 +20,13 @@ export interface RelayDeps {
   batchSize: number;
   pollIntervalMs: number;
   /**
-   * One take-publish-delete round; `more` when rows may be left. A round that took rows is
-   * followed by another at once; after a round that took nothing, the relay waits for a
-   * wake-up (every commit that enqueues notifies), `nextInMs` (when the next waiting row
-   * becomes available; null: none) or the poll.
+   * One take-publish-delete round; `more` when rows may be left (a kind filled its share of the
+   * batch): another round follows at once. Otherwise the relay waits for a wake-up (every
+   * commit that enqueues notifies), `nextInMs` (when the next deferred row becomes available;
+   * null: none) or the poll. A round that took some rows but not a full batch, and deferred
+   * none, is not followed by another at once: that round would find only what a wake-up
+   * announces anyway, and on an idle system it ran while the worker claimed the token just
+   * published.
    */
   relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean; nextInMs: number | null }>;
 }
@@ -49,10 +52,9 @@ export function startRelay(deps: RelayDeps): Relay {
       let next: number | null = null;
       try {
         const r = await deps.relayOnce();
-        // A round that took rows is followed by one more: only a round that takes nothing
-        // reports when the next waiting row (a deferred one, one in a coalescing pause) is due,
-        // and no wake-up announces that time.
-        again = r.more || r.taken > 0;
+        // A round that deferred rows (their tokens are pending) asks once more, which reports
+        // when the first of them comes back.
+        again = r.more || r.deferred > 0;
         next = r.nextInMs;
         if (failures > 0) deps.log.info("relay:recovered", { afterFailures: failures });
         failures = 0;

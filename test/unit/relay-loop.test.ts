@@ -35,26 +35,8 @@ beforeEach(() => void vi.useFakeTimers());
 afterEach(() => void vi.useRealTimers());
 
 describe("the relay loop", () => {
-  it("after a round that took rows, takes again at once, and then waits exactly until the next waiting row is due", async () => {
-    // A round that takes rows cannot say when the rows it left waiting (a coalescing pause, a
-    // refused publish) come back; the round after it, which takes nothing, can. No wake-up
-    // announces that time: without the second round the relay would sleep to its poll.
-    const { relay, calls } = scripted([
-      { taken: 500, dispatched: 500, deferred: 0, more: true, nextInMs: null },
-      { taken: 3, dispatched: 1, deferred: 2, more: false, nextInMs: null },
-      { taken: 0, dispatched: 0, deferred: 0, more: false, nextInMs: 50 },
-    ]);
-    await settle();
-    expect(calls).toHaveLength(3);
-    await vi.advanceTimersByTimeAsync(49);
-    expect(calls, "the waiting rows are not due yet").toHaveLength(3);
-    await vi.advanceTimersByTimeAsync(1);
-    expect(calls, "a round when the waiting rows are due").toHaveLength(4);
-    await relay.stop();
-  });
-
-  it("after a round that took nothing and has nothing waiting, sleeps until woken", async () => {
-    const { relay, calls } = scripted([]);
+  it("after a round that took a few rows and deferred none, waits for a wake-up instead of taking again at once", async () => {
+    const { relay, calls } = scripted([{ taken: 1, dispatched: 1, deferred: 0, more: false, nextInMs: null }]);
     await settle();
     expect(calls).toHaveLength(1);
     await vi.advanceTimersByTimeAsync(999);
@@ -62,6 +44,21 @@ describe("the relay loop", () => {
     relay.wake();
     await settle();
     expect(calls, "a wake-up starts the next round").toHaveLength(2);
+    await relay.stop();
+  });
+
+  it("takes again at once after a full round, and after a round that deferred rows (which says when they come back)", async () => {
+    const { relay, calls } = scripted([
+      { taken: 500, dispatched: 500, deferred: 0, more: true, nextInMs: null },
+      { taken: 3, dispatched: 1, deferred: 2, more: false, nextInMs: null },
+      { taken: 0, dispatched: 0, deferred: 0, more: false, nextInMs: 20 },
+    ]);
+    await settle();
+    expect(calls).toHaveLength(3);
+    await vi.advanceTimersByTimeAsync(19);
+    expect(calls, "the deferred rows are not due yet").toHaveLength(3);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(calls, "a round when the deferred rows are due").toHaveLength(4);
     await relay.stop();
   });
 
