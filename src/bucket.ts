@@ -38,7 +38,7 @@ import { openTokens, type NatsInput, type Tokens } from "./nats/index.js";
 import { Engine, runKind, type EngineStats, type RunEndEvent } from "./worker/engine.js";
 import { createOutboxSource, createSwitchingSource, createTokenSource, type WakeableSource } from "./worker/sources.js";
 import type { ContextDeps } from "./worker/context.js";
-import { SETTLE_DELAY_MS, startRelay, type Relay } from "./relay/relay.js";
+import { startRelay, type Relay } from "./relay/relay.js";
 import { relayMessages } from "./relay/batches.js";
 import { sleep, untilAborted } from "./async.js";
 
@@ -120,8 +120,6 @@ export interface BucketInternals {
   readonly tokens: Tokens | null;
   readonly options: ResolvedOptions;
   onRunEnd?: (event: RunEndEvent) => void;
-  /** How long the settle of a relay round that was not full waits (default SETTLE_DELAY_MS). */
-  settleDelayMs: number;
   /** Relays every available outbox row now (NATS dispatch only). */
   relayNow(): Promise<number>;
   /** Runs one sweep pass now. */
@@ -178,7 +176,6 @@ class BucketImpl implements Bucket, BucketInternals {
   readonly namespace: string;
   readonly dispatch: "nats" | "postgres";
   onRunEnd?: (event: RunEndEvent) => void;
-  settleDelayMs = SETTLE_DELAY_MS;
   readonly #stop = new AbortController();
   readonly #sources = new Map<string, Set<WakeableSource>>();
   readonly #works = new Set<Promise<void>>();
@@ -191,9 +188,6 @@ class BucketImpl implements Bucket, BucketInternals {
   #fallbackTimer: NodeJS.Timeout | null = null;
   #probe: NodeJS.Timeout | null = null;
   #relayFailures = 0;
-  /** Settles of small relay rounds, waiting out SETTLE_DELAY_MS (run at once by close()). */
-  readonly #settles = new Map<() => Promise<void>, NodeJS.Timeout>();
-  readonly #settling = new Set<Promise<void>>();
   readonly #switching = new Set<{ modeChanged(): void; restartPulls(): void }>();
 
   constructor(
@@ -320,7 +314,6 @@ class BucketImpl implements Bucket, BucketInternals {
     await engine?.stop();
     await Promise.allSettled([...this.#works]);
     await this.#relay?.stop();
-    await this.#flushSettles();
     await this.#unlisten?.().catch(() => {});
     await this.tokens?.close().catch(() => {});
     await this.db.close();
@@ -418,12 +411,7 @@ class BucketImpl implements Bucket, BucketInternals {
     return outbox;
   }
 
-  /**
-   * One relay round. From the background loop (`deferSettle`), a round that was not full
-   * settles SETTLE_DELAY_MS later, off the path from its publish to the claim of its tokens
-   * (see relayOutbox); relayNow() settles each round before returning.
-   */
-  async #relayOnce(deferSettle = false): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean; nextInMs: number | null }> {
+  async #relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean; nextInMs: number | null }> {
     // While NATS is down the workers take outbox rows themselves; publishing would only fail.
     if (this.#fallback) return { taken: 0, dispatched: 0, deferred: 0, more: false, nextInMs: null };
     const tokens = this.tokens!;
@@ -436,33 +424,10 @@ class BucketImpl implements Bucket, BucketInternals {
         this.options.logger.warn("relay:publish:error", { failed: errors.length, err: String((errors[0] as Error)?.message ?? errors[0]) });
       }
       return round.perRow(results);
-    }, deferSettle ? (settle) => this.#deferSettle(settle) : undefined);
+    });
     this.#relayFailures = failed ? this.#relayFailures + 1 : 0;
     if (this.#relayFailures >= 3) this.#setFallback(true, "JetStream refuses publishes");
     return result;
-  }
-
-  #deferSettle(settle: () => Promise<void>): void {
-    const timer = setTimeout(() => this.#runSettle(settle), this.settleDelayMs);
-    this.#settles.set(settle, timer);
-  }
-
-  #runSettle(settle: () => Promise<void>): void {
-    if (!this.#settles.delete(settle)) return;
-    // A failed settle leaves its rows in flight: they come back after RELAY_INFLIGHT_MS and
-    // are published again under the same msgID, which JetStream drops as a duplicate.
-    const p = settle()
-      .catch((err: unknown) => this.options.logger.warn("relay:settle:error", { err: (err as Error)?.message ?? String(err) }))
-      .finally(() => this.#settling.delete(p));
-    this.#settling.add(p);
-  }
-
-  async #flushSettles(): Promise<void> {
-    for (const [settle, timer] of [...this.#settles]) {
-      clearTimeout(timer);
-      this.#runSettle(settle);
-    }
-    await Promise.allSettled([...this.#settling]);
   }
 
   /** Runs `fn` until it succeeds or `signal` aborts (then resolves undefined), logging failures. */
@@ -540,7 +505,7 @@ class BucketImpl implements Bucket, BucketInternals {
           log,
           batchSize: options.relayBatchSize,
           pollIntervalMs: options.pollIntervalMs,
-          relayOnce: () => this.#relayOnce(true),
+          relayOnce: () => this.#relayOnce(),
         });
       }
       this.#engine = engine;

@@ -6,27 +6,15 @@ import { coerceError } from "../errors.js";
 import type { Logger } from "../types.js";
 import { sleep, untilAborted, Wakeup } from "../async.js";
 
-/**
- * How long the settle of a relay round that was not full waits, in ms: long enough that the
- * claim of the tokens it just published reaches Postgres first (on an idle 2-core machine the
- * two arrived together and the claim waited: commit-to-run p50 1.9 ms, 1.45 ms with the settle
- * 3 ms later), short enough that its rows' in-flight mark is gone long before RELAY_INFLIGHT_MS.
- */
-export const SETTLE_DELAY_MS = 3;
-
 /** Injected I/O of the relay. */
 export interface RelayDeps {
   log: Logger;
   batchSize: number;
   pollIntervalMs: number;
   /**
-   * One take-publish-delete round; `more` when rows may be left (a kind filled its share of the
-   * batch): another round follows at once. Otherwise the relay waits for a wake-up (every
-   * commit that enqueues notifies), `nextInMs` (when the next deferred row becomes available;
-   * null: none) or the poll. A round that took some rows but not a full batch, and deferred
-   * none, is not followed by another at once: that round would find only what a wake-up
-   * announces anyway, and on an idle system it ran while the worker claimed the token just
-   * published.
+   * One take-publish-delete round; `more` when rows may be left. After a round that took
+   * nothing, `nextInMs` says when the next row becomes available (null: none; the poll is the
+   * backstop). A round that took rows is followed by another at once.
    */
   relayOnce(): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean; nextInMs: number | null }>;
 }
@@ -52,9 +40,7 @@ export function startRelay(deps: RelayDeps): Relay {
       let next: number | null = null;
       try {
         const r = await deps.relayOnce();
-        // A round that deferred rows (their tokens are pending) asks once more, which reports
-        // when the first of them comes back.
-        again = r.more || r.deferred > 0;
+        again = r.more || r.taken > 0;
         next = r.nextInMs;
         if (failures > 0) deps.log.info("relay:recovered", { afterFailures: failures });
         failures = 0;

@@ -40,19 +40,12 @@ export const RELAY_INFLIGHT_MS = 10_000;
  * as a duplicate, unless a notify bumped the row meanwhile: that makes the row available at once
  * and its msgID new. (Rows re-published in a batch may be grouped differently: a second token,
  * found idle.)
- *
- * `deferSettle`, when given, receives the settle of a round that was not full instead of the
- * round awaiting it: the caller runs it a moment later. A settle only deletes what is already
- * published, and its rows stay hidden from other relays meanwhile; a few milliseconds later it
- * no longer competes with the claim of the token just published (on an idle system, that claim
- * and this settle reached Postgres together). Full rounds (a backlog) settle at once.
  */
 export async function relayOutbox(
   db: Executor,
   namespace: string,
   limit: number,
   publish: (batch: OutboxRow[]) => Promise<DispatchResult[]>,
-  deferSettle?: (settle: () => Promise<void>) => void,
 ): Promise<{ taken: number; dispatched: number; deferred: number; more: boolean; nextInMs: number | null }> {
   const taken = await rows<{ id: string | null; kind: string; identity: string; tries: number; bumps: number; born: string; tid: string; more: boolean; next_in_ms: number | null }>(
     db,
@@ -76,11 +69,7 @@ export async function relayOutbox(
     ok: results[i] === "ok",
     ms: Math.min(MAX_DEFER_MS, 20 * 2 ** Math.min(row.tries, 10)),
   }));
-  const settleRound = async () => {
-    await rows(db, sql`select s.gone, s.kept from ${SOFT_COMMIT}, dmm.relay_settle(${namespace}, ${jsonParam(settle)}) s`);
-  };
-  if (deferSettle && batch.length < limit) deferSettle(settleRound);
-  else await settleRound();
+  await rows(db, sql`select s.gone, s.kept from ${SOFT_COMMIT}, dmm.relay_settle(${namespace}, ${jsonParam(settle)}) s`);
   const dispatched = settle.filter((s) => s.ok).length;
   return { taken: batch.length, dispatched, deferred: batch.length - dispatched, more: taken[0]!.more, nextInMs: null };
 }

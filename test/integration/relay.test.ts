@@ -92,53 +92,6 @@ describe("a relay round (relayOutbox)", () => {
   });
 });
 
-describe("a relay round that was not full", () => {
-  it("hands its settle to deferSettle, and deletes its rows only when that runs; a full round settles at once", async () => {
-    const sql = env.sql();
-    const db = drizzle(sql);
-    const ns = env.namespace();
-    await notifyMatters(db, ns, ["a", "b", "c"].map((identity) => ({ kind: "k", identity, cache: "{}" })));
-    const deferred: (() => Promise<void>)[] = [];
-    const accept = async (batch: unknown[]) => batch.map(() => "ok" as const);
-    // A limit of 5 takes all 3 rows: not full.
-    const small = await relayOutbox(db, ns, 5, accept, (settle) => deferred.push(settle));
-    expect(small).toMatchObject({ taken: 3, dispatched: 3 });
-    expect(deferred).toHaveLength(1);
-    const marked = await sql`select count(*)::int as n from dmm.dmm_outbox where namespace = ${ns} and relay_until > now()`;
-    expect(marked[0]!.n, "published, hidden from other relays, not yet deleted").toBe(3);
-    await deferred[0]!();
-    expect((await sql`select count(*)::int as n from dmm.dmm_outbox where namespace = ${ns}`)[0]!.n).toBe(0);
-
-    await notifyMatters(db, ns, ["d", "e"].map((identity) => ({ kind: "k", identity, cache: "{}" })));
-    const full = await relayOutbox(db, ns, 2, accept, (settle) => deferred.push(settle));
-    expect(full).toMatchObject({ taken: 2, dispatched: 2 });
-    expect(deferred, "a full round does not defer").toHaveLength(1);
-    expect((await sql`select count(*)::int as n from dmm.dmm_outbox where namespace = ${ns}`)[0]!.n).toBe(0);
-    await sql.close();
-  });
-
-  it("is settled by close() when its settle is still waiting, so that no row is left in flight", async () => {
-    const bucket = await env.open("nats", { sweepIntervalMs: 60_000 });
-    const internals = bucket as unknown as BucketInternals;
-    // Far beyond the test: only close() can run the settle.
-    internals.settleDelayMs = 3_600_000;
-    const sql = env.sql();
-    const stream = bucket.register("item", Item);
-    const runs: RunEndEvent[] = [];
-    internals.onRunEnd = (e) => void runs.push(e);
-    const work = stream.work();
-    await bucket.notify(Object.assign(new Item(), { id: "a", v: 1 }));
-    await waitFor("the run", () => runs.length === 1);
-    const [before] = await sql`select count(*)::int as n from dmm.dmm_outbox where namespace = ${bucket.namespace} and relay_until > now()`;
-    expect(before!.n, "the round's settle is waiting").toBe(1);
-    await bucket.close();
-    await work;
-    const [after] = await sql`select count(*)::int as n from dmm.dmm_outbox where namespace = ${bucket.namespace}`;
-    expect(after!.n).toBe(0);
-    await sql.close();
-  });
-});
-
 describe("the outbox row of a new matter", () => {
   it("is inserted once per new identity, and a row left behind by a deleted matter is bumped, not duplicated", async () => {
     const sql = env.sql();
