@@ -6,13 +6,13 @@
  * each identity must run exactly as often as with any other collation.
  */
 import { describe, expect, it } from "vitest";
-import { randomBytes } from "node:crypto";
 import postgres from "postgres";
 import { migrate, open } from "../../src/bucket.js";
 import type { Bucket } from "../../src/bucket.js";
 import type { Context } from "../../src/types.js";
 import { createConsoleLogger } from "../../src/log.js";
-import { NATS_URL, TEST_DB_PREFIX, urlFor } from "../harness/env.js";
+import { NATS_URL } from "../harness/env.js";
+import { withScratchDatabase } from "../harness/scratch-db.js";
 import { MODES, useTestEnvironment } from "../harness/setup.js";
 import { waitFor } from "../harness/wait.js";
 
@@ -41,16 +41,8 @@ class Word {
   }
 }
 
-async function withIcuDatabase(fn: (url: string) => Promise<void>): Promise<void> {
-  const name = `${TEST_DB_PREFIX}icu_${randomBytes(4).toString("hex")}`;
-  const admin = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
-  await admin.unsafe(`create database "${name}" template template0 locale_provider icu icu_locale 'en-US' locale 'C.UTF-8'`);
-  try {
-    await fn(urlFor(name));
-  } finally {
-    await admin.unsafe(`drop database if exists "${name}" with (force)`);
-    await admin.end();
-  }
+function withIcuDatabase(fn: (url: string) => Promise<void>): Promise<void> {
+  return withScratchDatabase("icu", "template template0 locale_provider icu icu_locale 'en-US' locale 'C.UTF-8'", fn);
 }
 
 describe.each(MODES)("on a database whose default collation is ICU en-US, with %s dispatch", (mode) => {

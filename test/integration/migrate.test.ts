@@ -5,12 +5,11 @@
 import { describe, expect, it } from "vitest";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { randomBytes } from "node:crypto";
 import postgres from "postgres";
 import { open } from "../../src/bucket.js";
 import { SchemaVersionError } from "../../src/errors.js";
 import { expectedMigrations } from "../../src/store/migrate.js";
-import { TEST_DB_PREFIX, urlFor } from "../harness/env.js";
+import { withScratchDatabase } from "../harness/scratch-db.js";
 import { useTestEnvironment } from "../harness/setup.js";
 
 const env = useTestEnvironment();
@@ -18,16 +17,8 @@ const SHIPPED = expectedMigrations();
 const LATEST = SHIPPED[SHIPPED.length - 1]!.tag;
 const MIGRATE = fileURLToPath(new URL("../harness/migrate-process.ts", import.meta.url));
 
-async function withEmptyDatabase(fn: (url: string) => Promise<void>): Promise<void> {
-  const name = `${TEST_DB_PREFIX}empty_${randomBytes(4).toString("hex")}`;
-  const admin = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
-  await admin.unsafe(`create database "${name}"`);
-  try {
-    await fn(urlFor(name));
-  } finally {
-    await admin.unsafe(`drop database if exists "${name}" with (force)`);
-    await admin.end();
-  }
+function withEmptyDatabase(fn: (url: string) => Promise<void>): Promise<void> {
+  return withScratchDatabase("empty", "", fn);
 }
 
 function runMigrate(url: string): Promise<{ code: number | null; out: string }> {

@@ -8,11 +8,11 @@
  * JIT-compiles it on every call.
  */
 import { describe, expect, it } from "vitest";
-import { randomBytes } from "node:crypto";
 import postgres from "postgres";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { notifyMatters, relayOutbox, takeAndClaim } from "../../src/store/index.js";
-import { TEMPLATE_DB, TEST_DB_PREFIX, urlFor } from "../harness/env.js";
+import { TEMPLATE_DB } from "../harness/env.js";
+import { withScratchDatabase } from "../harness/scratch-db.js";
 import { useTestEnvironment } from "../harness/setup.js";
 
 useTestEnvironment();
@@ -20,18 +20,15 @@ useTestEnvironment();
 const BACKLOG = 50_000;
 
 /** A database of its own, cloned from the migrated template: its outbox starts empty. */
-async function withFreshDatabase(fn: (sql: postgres.Sql) => Promise<void>): Promise<void> {
-  const name = `${TEST_DB_PREFIX}plan_${randomBytes(4).toString("hex")}`;
-  const admin = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
-  await admin.unsafe(`create database "${name}" template "${TEMPLATE_DB}"`);
-  const sql = postgres(urlFor(name), { max: 1, onnotice: () => {} });
-  try {
-    await fn(sql);
-  } finally {
-    await sql.end();
-    await admin.unsafe(`drop database if exists "${name}" with (force)`);
-    await admin.end();
-  }
+function withFreshDatabase(fn: (sql: postgres.Sql) => Promise<void>): Promise<void> {
+  return withScratchDatabase("plan", `template "${TEMPLATE_DB}"`, async (url) => {
+    const sql = postgres(url, { max: 1, onnotice: () => {} });
+    try {
+      await fn(sql);
+    } finally {
+      await sql.end();
+    }
+  });
 }
 
 /** Index entries read so far, by index name, as this connection's statistics say. */
