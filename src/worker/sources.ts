@@ -92,6 +92,13 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
       }
     })();
   };
+  // Asks for as many messages as the free room holds, rounded up (so that any room asks for one;
+  // a batch may overfill it), unless enough are asked for already.
+  const topUp = () => {
+    const free = room - queue.length - retrying.size;
+    const deficit = free > 0 ? Math.ceil(free / perMessage) - outstanding : 0;
+    if (deficit > 0 && (outstanding === 0 || deficit >= Math.max(1, Math.floor(room / perMessage / 4)))) request(deficit);
+  };
   const retryLater = (token: Token, ms: number) => {
     if (!token.batched || stopper.signal.aborted) {
       token.nak(ms);
@@ -119,10 +126,7 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
     async take(max) {
       if (stopper.signal.aborted) return [];
       room = max;
-      // Messages to ask for: rounded up, so that any room asks for one (a batch may overfill it).
-      const free = max - queue.length - retrying.size;
-      const deficit = free > 0 ? Math.ceil(free / perMessage) - outstanding : 0;
-      if (deficit > 0 && (outstanding === 0 || deficit >= Math.max(1, Math.floor(max / perMessage / 4)))) request(deficit);
+      topUp();
       if (queue.length === 0) return [];
       const batch = queue.splice(0, max);
       let statuses: ClaimStatus[];
@@ -153,6 +157,10 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
     },
     ready(signal) {
       if (queue.length > 0 || signal.aborted) return Promise.resolve();
+      // The last take may have found its room full of queued tokens and asked for nothing, and
+      // then seen them all turn out idle: without a pull out, a token published now would wait
+      // for this wait's end (expiresMs; traced after a burst of notifies: final runs 4-5 s late).
+      if (!stopper.signal.aborted) topUp();
       return new Promise<void>((resolve) => {
         // Re-check now and then even without news: a belt to the pulls' braces.
         const t = setTimeout(() => {

@@ -56,3 +56,41 @@ describe("a token source", () => {
     await source.close();
   });
 });
+
+describe("a token source whose queued tokens all turn out idle", () => {
+  it("has a pull out before it waits, so that a token published meanwhile is not left to the pull expiry", async () => {
+    const asked: number[] = [];
+    const settled = new Map<string, string>();
+    let first = true;
+    const source = createTokenSource({
+      kind: "k",
+      log: silent,
+      expiresMs: 60_000,
+      // The first pull brings one batch of 4 (more than the room of 2); later pulls stay open.
+      async *fetch(max, _expiresMs, signal) {
+        asked.push(max);
+        if (first) {
+          first = false;
+          yield batch(4, 0, settled);
+          return;
+        }
+        await new Promise<void>((resolve) => signal?.addEventListener("abort", () => resolve(), { once: true }));
+      },
+      claim: async (keys) => keys.map((): ClaimStatus => ({ status: "idle" })),
+    });
+    const signal = new AbortController().signal;
+    expect(await source.take(2)).toEqual([]);
+    await source.ready(signal);
+    // The batch is queued; these takes find no free room, so they ask for nothing more.
+    await source.take(2);
+    await source.take(2);
+    expect([...settled.values()]).toEqual(["ack", "ack", "ack", "ack"]);
+    expect(asked).toHaveLength(1);
+    // Nothing queued now: before waiting for news, the source must have a pull out.
+    const ready = source.ready(signal);
+    expect(asked, "a pull is asked for before the wait").toHaveLength(2);
+    await source.close();
+    await ready;
+  });
+});
+
