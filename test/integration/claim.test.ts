@@ -3,7 +3,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { drizzle } from "drizzle-orm/postgres-js";
-import { claimKeys, notifyMatters, takeAndClaim } from "../../src/store/index.js";
+import { claimKeys, finishRuns, notifyMatters, takeAndClaim } from "../../src/store/index.js";
 import { useTestEnvironment } from "../harness/setup.js";
 
 const env = useTestEnvironment();
@@ -52,6 +52,51 @@ describe("claimKeys for a batch token's identities", () => {
     expect(statuses.map((s) => s.status)).toEqual(["claimed", "idle", "idle", "claimed", "claimed", "claimed"]);
     const leased = await sql`select identity from dmm.dmm_matter where namespace = ${ns} and lease_owner is not null order by identity`;
     expect(leased.map((r) => r.identity)).toEqual(["deferred", "gone", "own", "single"]);
+    await sql.close();
+  });
+});
+
+describe("claimKeys for an identity whose outbox row is waiting", () => {
+  it("leaves a matter in a coalescing pause to its row, single token or batch, and claims one whose row waits out a refused publish", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    await notifyMatters(db, ns, ["paused", "retrying", "due"].map((identity) => ({ kind: "k", identity, cache: "{}" })));
+    // A finish's coalescing pause (tries 0), a refused publish's retry (tries 2), a row due now.
+    await sql`update dmm.dmm_outbox set available_at = now() + interval '1 hour'
+              where namespace = ${ns} and identity = 'paused'`;
+    await sql`update dmm.dmm_outbox set available_at = now() + interval '1 hour', tries = 2
+              where namespace = ${ns} and identity = 'retrying'`;
+    const single = await claimKeys(db, ns, "owner-1", 30_000, "k", ["paused", "retrying", "due"]);
+    expect(single.map((s) => s.status)).toEqual(["idle", "claimed", "claimed"]);
+    await sql`update dmm.dmm_matter set lease_owner = null, lease_until = null where namespace = ${ns}`;
+    const rows = await sql<{ identity: string; id: string; bumps: number }[]>`
+      select identity, id::text, bumps from dmm.dmm_outbox where namespace = ${ns} and identity = 'paused'`;
+    const batch = await claimKeys(db, ns, "owner-1", 30_000, "k", ["paused"], [{ row: Number(rows[0]!.id), bumps: rows[0]!.bumps }]);
+    expect(batch.map((s) => s.status), "a batch token naming the paused row itself").toEqual(["idle"]);
+    await sql.close();
+  });
+
+  it("is paused by a finish that saw notifies, whatever retries the row had earned while the run's token was pending", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    await notifyMatters(db, ns, [{ kind: "k", identity: "x", cache: "{}" }]);
+    const [claim] = await claimKeys(db, ns, "owner-1", 30_000, "k", ["x"]);
+    expect(claim!.status).toBe("claimed");
+    const matter = (claim as { matter: { epoch: number; generation: number } }).matter;
+    // Notified during the run, and its publish refused twice (the run's token was pending).
+    await notifyMatters(db, ns, [{ kind: "k", identity: "x", cache: '{"v":2}' }]);
+    await sql`update dmm.dmm_outbox set tries = 2 where namespace = ${ns}`;
+    const [done] = await finishRuns(db, ns, [{
+      owner: "owner-1", kind: "k", identity: "x", epoch: matter.epoch, generation: matter.generation, outcome: "ok",
+      base: {}, cache: null, error: null, dueInMs: null, dueReason: null,
+    }]);
+    expect(done).toEqual({ saved: true, dirty: true });
+    const [row] = await sql`select tries, available_at > now() as waiting from dmm.dmm_outbox where namespace = ${ns}`;
+    expect(row).toEqual({ tries: 0, waiting: true });
+    const [late] = await claimKeys(db, ns, "owner-1", 30_000, "k", ["x"]);
+    expect(late!.status, "a token that arrives in the pause").toBe("idle");
     await sql.close();
   });
 });
