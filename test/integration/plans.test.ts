@@ -83,6 +83,25 @@ describe("a take first planned on a large outbox without statistics", () => {
   });
 });
 
+describe("a notify first planned on an outbox that statistics call empty", () => {
+  it("looks up one outbox primary-key entry per new matter, however large the outbox has grown", async () => {
+    await withFreshDatabase(async (sql) => {
+      const db = drizzle(sql);
+      const ns = "plans";
+      // What VACUUM ANALYZE (or an autovacuum run) leaves while the outbox is empty.
+      await sql`vacuum analyze dmm.dmm_outbox`;
+      await notifyMatters(db, ns, [{ kind: "k", identity: "first", cache: "{}" }]);
+      for (let i = 0; i < 10_000; i += 500) {
+        await notifyMatters(db, ns, Array.from({ length: 500 }, (_, j) => ({ kind: "k", identity: `i${i + j}`, cache: "{}" })));
+      }
+      const before = await reads(sql);
+      await notifyMatters(db, ns, Array.from({ length: 500 }, (_, j) => ({ kind: "k", identity: `n${j}`, cache: "{}" })));
+      const after = await reads(sql);
+      expect(after.dmm_outbox_pkey! - before.dmm_outbox_pkey!, "outbox primary-key entries read by 500 new matters").toBeLessThanOrEqual(500);
+    });
+  });
+});
+
 describe("dmm's functions", () => {
   it("turn JIT off wherever they pin the planner, so that a priced-out plan is not compiled on every call", async () => {
     await withFreshDatabase(async (sql) => {
