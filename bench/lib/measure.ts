@@ -152,8 +152,8 @@ export async function backendCpuUs(admin: postgres.Sql, database: string): Promi
   const rows = await admin<{ pid: number }[]>`SELECT pid FROM pg_stat_activity WHERE datname = ${database}`;
   const result = new Map<number, number>();
   for (const { pid } of rows) {
-    const fields = statFields(pid);
-    if (fields) result.set(pid, ticksToUs(Number(fields[11]) + Number(fields[12])));
+    const us = processCpuUs(pid);
+    if (us !== null) result.set(pid, us);
   }
   return result;
 }

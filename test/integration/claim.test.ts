@@ -4,6 +4,7 @@
 import { describe, expect, it } from "vitest";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { claimKeys, finishRuns, notifyMatters, takeAndClaim } from "../../src/store/index.js";
+import { indexReads } from "../harness/index-reads.js";
 import { useTestEnvironment } from "../harness/setup.js";
 
 const env = useTestEnvironment();
@@ -111,12 +112,7 @@ describe("claimKeys' outbox look-up for a batch token's identities", () => {
     const rowsOf = new Map(
       (await sql<{ identity: string; id: string }[]>`select identity, id::text from dmm.dmm_outbox where namespace = ${ns}`).map((r) => [r.identity, { row: Number(r.id), bumps: 0 }]),
     );
-    const reads = async () => {
-      await sql`select pg_stat_force_next_flush()`;
-      await sql`select 1`;
-      const r = await sql<{ name: string; n: string }[]>`select indexrelname as name, idx_tup_read::text as n from pg_stat_user_indexes where schemaname = 'dmm' and relname = 'dmm_outbox'`;
-      return Object.fromEntries(r.map((x) => [x.name, Number(x.n)]));
-    };
+    const reads = () => indexReads(sql);
     const picked = keys.filter((_, i) => i % 30 === 0);
     const before = await reads();
     const statuses = await claimKeys(db, ns, "owner-1", 30_000, "k", picked, picked.map((k) => rowsOf.get(k)!));

@@ -14,6 +14,7 @@ import { createConsoleLogger } from "../../src/log.js";
 import { NATS_URL } from "../harness/env.js";
 import { withScratchDatabase } from "../harness/scratch-db.js";
 import { MODES, useTestEnvironment } from "../harness/setup.js";
+import { quiesce } from "../harness/quiesce.js";
 import { waitFor } from "../harness/wait.js";
 
 const env = useTestEnvironment();
@@ -74,11 +75,7 @@ describe.each(MODES)("on a database whose default collation is ICU en-US, with %
         await bucket.notify(IDENTITIES.map((text) => Object.assign(new Word(), { text })));
         // "B" runs twice: once for the notify, once for the touch made during "ä"'s run.
         await waitFor("every identity to run", () => IDENTITIES.every((id) => (runs.get(id) ?? 0) >= (id === "B" ? 2 : 1)));
-        await waitFor("the matters to settle", async () => {
-          const [r] = await sql`select count(*)::int as n from dmm.dmm_matter
-                                where namespace = ${namespace} and (generation > observed_generation or lease_owner is not null)`;
-          return r!.n === 0;
-        });
+        await quiesce(bucket, sql);
         expect(Object.fromEntries(runs)).toEqual(Object.fromEntries(IDENTITIES.map((id) => [id, id === "B" ? 2 : 1])));
         for (const id of IDENTITIES) {
           const view = await bucket.matter(Word, id);

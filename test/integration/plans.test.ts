@@ -12,6 +12,7 @@ import postgres from "postgres";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { notifyMatters, relayOutbox, takeAndClaim } from "../../src/store/index.js";
 import { TEMPLATE_DB } from "../harness/env.js";
+import { indexReads } from "../harness/index-reads.js";
 import { withScratchDatabase } from "../harness/scratch-db.js";
 import { useTestEnvironment } from "../harness/setup.js";
 
@@ -31,14 +32,6 @@ function withFreshDatabase(fn: (sql: postgres.Sql) => Promise<void>): Promise<vo
   });
 }
 
-/** Index entries read so far, by index name, as this connection's statistics say. */
-async function reads(sql: postgres.Sql): Promise<Record<string, number>> {
-  await sql`select pg_stat_force_next_flush()`;
-  await sql`select 1`;
-  const r = await sql<{ name: string; n: string }[]>`
-    select indexrelname as name, idx_tup_read::text as n from pg_stat_user_indexes where schemaname = 'dmm'`;
-  return Object.fromEntries(r.map((x) => [x.name, Number(x.n)]));
-}
 
 async function fillOutbox(sql: postgres.Sql, ns: string): Promise<void> {
   const db = drizzle(sql);
@@ -55,9 +48,9 @@ describe("a take first planned on a large outbox without statistics", () => {
       const db = drizzle(sql);
       const ns = "plans";
       await fillOutbox(sql, ns);
-      const before = await reads(sql);
+      const before = await indexReads(sql);
       const { taken, claimed } = await takeAndClaim(db, ns, "owner-1", 30_000, "k", 256);
-      const after = await reads(sql);
+      const after = await indexReads(sql);
       expect(taken).toBe(256);
       expect(claimed).toHaveLength(256);
       expect(after.dmm_outbox_pkey! - before.dmm_outbox_pkey!, "outbox primary-key entries read").toBe(0);
@@ -72,9 +65,9 @@ describe("a take first planned on a large outbox without statistics", () => {
       // The publisher is the relay's injected I/O: JetStream accepting every token.
       const accept = async (batch: unknown[]) => batch.map(() => "ok" as const);
       await fillOutbox(sql, ns);
-      const before = await reads(sql);
+      const before = await indexReads(sql);
       const r = await relayOutbox(db, ns, 500, accept);
-      const after = await reads(sql);
+      const after = await indexReads(sql);
       expect(r.taken).toBe(500);
       expect(r.dispatched).toBe(500);
       expect(after.dmm_outbox_pkey! - before.dmm_outbox_pkey!, "outbox primary-key entries read").toBe(0);
@@ -94,9 +87,9 @@ describe("a notify first planned on an outbox that statistics call empty", () =>
       for (let i = 0; i < 10_000; i += 500) {
         await notifyMatters(db, ns, Array.from({ length: 500 }, (_, j) => ({ kind: "k", identity: `i${i + j}`, cache: "{}" })));
       }
-      const before = await reads(sql);
+      const before = await indexReads(sql);
       await notifyMatters(db, ns, Array.from({ length: 500 }, (_, j) => ({ kind: "k", identity: `n${j}`, cache: "{}" })));
-      const after = await reads(sql);
+      const after = await indexReads(sql);
       expect(after.dmm_outbox_pkey! - before.dmm_outbox_pkey!, "outbox primary-key entries read by 500 new matters").toBeLessThanOrEqual(500);
     });
   });
