@@ -67,7 +67,9 @@ export const dmmMatter = dmmSchema.table(
  * Transactional outbox: one pending row per identity, written by the trigger on dmm_matter in
  * the notifying transaction. The relay (or, without NATS, the workers) take rows with
  * SKIP LOCKED and delete them once dispatched. Fillfactor 50 (migration 0010), so that the
- * relay's in-flight mark of a whole round stays a HOT update.
+ * relay's in-flight mark of a whole round stays a HOT update. Unlogged (migration 0015; Drizzle
+ * cannot say so here): a row only repeats what dmm_matter says, and after a crash empties the
+ * table the sweep rebuilds it from there.
  */
 export const dmmOutbox = dmmSchema.table(
   "dmm_outbox",

@@ -3,6 +3,7 @@
  * (loops back off and reconnect), and a worker that cannot heartbeat (its runs are aborted).
  * Uses private servers so the machine's shared ones are never disturbed.
  */
+import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { startNatsServer, startPostgresServer, type NatsServer, type PostgresServer } from "../../chaos/lib/index.js";
 import { open, type Bucket } from "../../src/bucket.js";
@@ -123,6 +124,39 @@ describe("outages", () => {
     expect(okRuns.length).toBe(new Set(okRuns.map((r) => r.identity)).size);
     await bucket.close();
     await work;
+  });
+
+  it("runs every matter notified before a Postgres crash, although the crash empties the unlogged outbox", async () => {
+    const pg: PostgresServer = await startPostgresServer();
+    servers.push(pg);
+    const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
+    try {
+      const bucket = await open(env.namespace(), { database: pg.url, migrate: true, logger: memoryLogger(), sweepIntervalMs: 300 });
+      const stream = bucket.register("unit", Unit);
+      const runs = runsOf(bucket);
+      await bucket.notify(Array.from({ length: 20 }, (_, i) => Object.assign(new Unit(), { id: `c${i}` })));
+      expect((await sql`select count(*)::int as n from dmm.dmm_outbox`)[0]!.n).toBe(20);
+
+      await pg.kill();
+      await pg.start();
+      // The crash reset the outbox: what is left to dispatch is known only from dmm_matter.
+      const [after] = await waitFor("Postgres to answer after the crash", async () => {
+        try {
+          return await sql`select count(*)::int as n from dmm.dmm_outbox`;
+        } catch {
+          return null;
+        }
+      }, { timeoutMs: 20_000, intervalMs: 100 });
+      expect(after!.n).toBe(0);
+
+      const work = stream.work();
+      await waitFor("a run of every matter notified before the crash", () => new Set(runs.filter((r) => r.outcome === "ok").map((r) => r.identity)).size === 20, { timeoutMs: 20_000 });
+      await waitFor("every matter to be clean", async () => (await sql`select count(*)::int as n from dmm.dmm_matter where observed_generation < generation`)[0]!.n === 0);
+      await bucket.close();
+      await work;
+    } finally {
+      await sql.end({ timeout: 0 });
+    }
   });
 
   it("aborts a run through ctx.signal when its worker cannot heartbeat its lease", async () => {

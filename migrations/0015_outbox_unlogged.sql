@@ -1,0 +1,26 @@
+-- Custom migration: the outbox is an unlogged table.
+--
+-- An outbox row is a dispatch hint, not state: the matter row (logged) holds the truth, and a
+-- matter that wants a run (dirty, due, or with an expired lease) without an outbox row is put
+-- back on the outbox by the sweep. So the outbox need not survive a crash, and every write to
+-- it need not go through the WAL. It was most of dmm's WAL: per dispatched item, the outbox
+-- row's insert with its two index entries (about 310 bytes with their share of page splits),
+-- the take's row lock (54) and the delete (54), of 1,160 bytes in all on a Postgres-only drain
+-- of 20,000 matters; with this, 730 bytes (graphile-worker: 1,010 for the same work). With
+-- NATS dispatch the relay's in-flight marks and settles leave the WAL as well.
+--
+-- What it changes: after a Postgres crash (or a failover to a standby, or a restore from a
+-- base backup) the outbox is empty, so pending dispatches, retry delays of refused tokens and
+-- coalescing pauses are forgotten; the sweep re-creates a row for every matter that wants a
+-- run within about one sweep interval (invariant 2: "then within the sweep interval"). A
+-- clean shutdown keeps the rows. Nothing committed is lost: notifies live in dmm_matter. An
+-- unlogged table cannot be read on a hot standby (dmm reads it only on the primary).
+--
+-- The identity sequence stays logged (SET UNLOGGED would take it along), so row ids stay unique
+-- over the table's life, crashes included: they name tokens (Nats-Msg-Id, with the row's bumps
+-- and creation time) and order rows of one availability time. A logged sequence writes one WAL
+-- record per 32 ids. SET UNLOGGED rewrites the table under an exclusive lock: brief, since the
+-- outbox holds only what is waiting for dispatch.
+ALTER TABLE "dmm"."dmm_outbox" SET UNLOGGED;
+--> statement-breakpoint
+ALTER SEQUENCE "dmm"."dmm_outbox_id_seq" SET LOGGED;
