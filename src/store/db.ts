@@ -186,6 +186,14 @@ export function jsonParam(value: unknown): SQL {
   return sql`${JSON.stringify(value)}::jsonb`;
 }
 
+/**
+ * A Postgres array literal of integers, for a `::bigint[]` or `::integer[]` parameter; an
+ * undefined entry is NULL. Sent as text, so the driver needs no array type look-up.
+ */
+export function intArray(values: readonly (number | undefined)[]): string {
+  return `{${values.map((v) => (v === undefined ? "NULL" : String(v))).join(",")}}`;
+}
+
 /** Hides the password of a connection URL in messages. */
 export function redact(url: string): string {
   return url.replace(/(:\/\/[^:/@]*:)[^@]*@/, "$1***@");

@@ -4,7 +4,7 @@
  * `ctx.notify`s.
  */
 import { sql } from "drizzle-orm";
-import { rows, type Executor } from "./db.js";
+import { intArray, rows, type Executor } from "./db.js";
 import { notifyMatters, touchMatters, type NotifyItem, type TouchItem } from "./notify.js";
 
 /** How a run ended, as the store records it. */
@@ -85,26 +85,22 @@ export async function finishRuns(
 /** Finishes runs of one kind in one statement. */
 async function finishStatement(exec: Executor, namespace: string, items: FinishItem[]): Promise<FinishResult[]> {
   const kind = items[0]!.kind;
-  // The JSON text is put together by hand so that each cache, already JSON text from
-  // encodeCache, is spliced in as it is instead of being parsed and stringified again. A run
-  // that left its cache as it found it sends neither cache nor base (the row keeps its cache).
-  const parts = items.map((i, ord) => {
-    const head = JSON.stringify({
-      ord,
-      owner: i.owner,
-      identity: i.identity,
-      epoch: i.epoch,
-      gen: i.generation,
-      outcome: i.outcome,
-      error: i.error,
-      due_ms: i.dueInMs,
-      due_reason: i.dueReason,
-    });
-    return i.cache === null ? head : `${head.slice(0, -1)},"cache":${i.cache},"base":${JSON.stringify(i.base)}}`;
+  // The common fields go as arrays (migration 0016); only runs with more to say (a cache to
+  // save, an error, a due time) get an entry in the JSON details, put together by hand so that
+  // each cache, already JSON text from encodeCache, is spliced in as it is. A run that left its
+  // cache as it found it sends neither cache nor base (the row keeps its cache).
+  const details: string[] = [];
+  items.forEach((i, ord) => {
+    if (i.cache === null && i.error === null && i.dueInMs === null && i.dueReason === null) return;
+    const head = JSON.stringify({ ord, error: i.error, due_ms: i.dueInMs, due_reason: i.dueReason });
+    details.push(i.cache === null ? head : `${head.slice(0, -1)},"cache":${i.cache},"base":${JSON.stringify(i.base)}}`);
   });
   const done = await rows<{ ord: number; dirty: boolean }>(
     exec,
-    sql`select f.ord, f.dirty from dmm.finish_runs(${namespace}, ${kind}, ${`[${parts.join(",")}]`}::jsonb) f`,
+    sql`select f.ord, f.dirty from dmm.finish_runs(${namespace}, ${kind},
+          ${sql.param(items.map((i) => i.owner))}::text[], ${sql.param(items.map((i) => i.identity))}::text[],
+          ${intArray(items.map((i) => i.epoch))}::bigint[], ${intArray(items.map((i) => i.generation))}::bigint[],
+          ${sql.param(items.map((i) => i.outcome))}::text[], ${`[${details.join(",")}]`}::jsonb) f`,
   );
   const results: FinishResult[] = items.map(() => ({ saved: false, dirty: false }));
   for (const row of done) results[row.ord] = { saved: true, dirty: row.dirty };

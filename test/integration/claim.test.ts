@@ -102,6 +102,54 @@ describe("claimKeys for an identity whose outbox row is waiting", () => {
   });
 });
 
+describe("finishRuns", () => {
+  it("records each run of a mixed batch by its own fields, and writes nothing for a run whose lease moved on", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    const ids = ["same", "saved", "failed", "parked", "requeued", "stale", "other-owner"];
+    await notifyMatters(db, ns, ids.map((identity) => ({ kind: "k", identity, cache: '{"v":1}' })));
+    const claimed = new Map<string, { epoch: number; generation: number; owner: string }>();
+    for (const [owner, keys] of [["owner-1", ids.slice(0, 6)], ["owner-2", ids.slice(6)]] as const) {
+      for (const s of await claimKeys(db, ns, owner, 30_000, "k", [...keys])) {
+        expect(s.status).toBe("claimed");
+        const m = (s as { matter: { identity: string; epoch: number; generation: number } }).matter;
+        claimed.set(m.identity, { epoch: m.epoch, generation: m.generation, owner });
+      }
+    }
+    const item = (identity: string, fields: Partial<Parameters<typeof finishRuns>[2][number]>) => ({
+      owner: claimed.get(identity)!.owner, kind: "k", identity, epoch: claimed.get(identity)!.epoch,
+      generation: claimed.get(identity)!.generation, outcome: "ok" as const, base: { v: 1 }, cache: null,
+      error: null, dueInMs: null, dueReason: null, ...fields,
+    });
+    const results = await finishRuns(db, ns, [
+      item("same", {}),
+      item("saved", { cache: '{"v":2}' }),
+      item("failed", { outcome: "fail", error: "boom", dueInMs: 60_000, dueReason: "retry" }),
+      item("parked", { outcome: "park", error: "bad input" }),
+      item("requeued", { cache: '{"v":3}', dueInMs: 120_000, dueReason: "requeue" }),
+      item("stale", { epoch: claimed.get("stale")!.epoch - 1, cache: '{"v":9}' }),
+      item("other-owner", { cache: '{"v":4}' }),
+    ]);
+    expect(results.map((r) => r.saved)).toEqual([true, true, true, true, true, false, true]);
+    const rows = await sql`
+      select identity, cache, attempts, last_error, parked, due_reason,
+             round(extract(epoch from due_at - now()))::int as due_s, lease_owner, observed_generation = generation as clean
+      from dmm.dmm_matter where namespace = ${ns} order by identity`;
+    const by = Object.fromEntries(rows.map((r) => [r.identity, r]));
+    expect(by.same).toMatchObject({ cache: { v: 1 }, attempts: 0, last_error: null, due_reason: null, lease_owner: null, clean: true });
+    expect(by.saved).toMatchObject({ cache: { v: 2 }, attempts: 0, lease_owner: null, clean: true });
+    expect(by.failed).toMatchObject({ cache: { v: 1 }, attempts: 1, last_error: "boom", due_reason: "retry", lease_owner: null, clean: false });
+    expect(by.failed!.due_s).toBeGreaterThanOrEqual(58);
+    expect(by.parked).toMatchObject({ attempts: 1, last_error: "bad input", parked: true, lease_owner: null, clean: true });
+    expect(by.requeued).toMatchObject({ cache: { v: 3 }, due_reason: "requeue", lease_owner: null, clean: true });
+    expect(by.requeued!.due_s).toBeGreaterThanOrEqual(118);
+    expect(by.stale).toMatchObject({ cache: { v: 1 }, lease_owner: "owner-1", clean: false });
+    expect(by["other-owner"]).toMatchObject({ cache: { v: 4 }, lease_owner: null, clean: true });
+    await sql.close();
+  });
+});
+
 describe("claimKeys' outbox look-up for a batch token's identities", () => {
   it("reads one primary-key entry per identity, however many outbox rows its kind has and with no statistics", async () => {
     const sql = env.sql({ max: 1 });
