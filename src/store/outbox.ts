@@ -4,7 +4,7 @@
  * finding each row again by the row version the take marked.
  */
 import { sql } from "drizzle-orm";
-import { jsonParam, rows, SOFT_COMMIT, type Executor } from "./db.js";
+import { intArray, rows, SOFT_COMMIT, type Executor } from "./db.js";
 
 /** An outbox row on its way to becoming a token. */
 export interface OutboxRow {
@@ -60,16 +60,16 @@ export async function relayOutbox(
     return { taken: 0, dispatched: 0, deferred: 0, more: false, nextInMs: next === null ? null : Math.max(0, next) };
   }
   const results = await publish(batch);
-  const settle = batch.map((row, i) => ({
-    kind: row.kind,
-    identity: row.identity,
-    tid: row.tid,
-    id: row.id,
-    bumps: row.bumps,
-    ok: results[i] === "ok",
-    ms: Math.min(MAX_DEFER_MS, 20 * 2 ** Math.min(row.tries, 10)),
-  }));
-  await rows(db, sql`select s.gone, s.kept from ${SOFT_COMMIT}, dmm.relay_settle(${namespace}, ${jsonParam(settle)}) s`);
-  const dispatched = settle.filter((s) => s.ok).length;
+  const ok = batch.map((_, i) => results[i] === "ok");
+  // Arrays, one per field (migration 0017). A tid's text is "(block,offset)": quoted in the
+  // array literal for its comma.
+  await rows(
+    db,
+    sql`select s.gone, s.kept from ${SOFT_COMMIT}, dmm.relay_settle(${namespace},
+          ${`{${batch.map((r) => `"${r.tid}"`).join(",")}}`}::tid[], ${intArray(batch.map((r) => r.id))}::bigint[],
+          ${intArray(batch.map((r) => r.bumps))}::integer[], ${`{${ok.map((o) => (o ? "t" : "f")).join(",")}}`}::boolean[],
+          ${intArray(batch.map((r) => Math.min(MAX_DEFER_MS, 20 * 2 ** Math.min(r.tries, 10))))}::double precision[]) s`,
+  );
+  const dispatched = ok.filter(Boolean).length;
   return { taken: batch.length, dispatched, deferred: batch.length - dispatched, more: taken[0]!.more, nextInMs: null };
 }
