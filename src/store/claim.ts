@@ -3,7 +3,7 @@
  * need a run, many identities per statement (one commit serves a whole batch).
  */
 import { sql } from "drizzle-orm";
-import { intArray, rows, SOFT_COMMIT, type Executor } from "./db.js";
+import { pgArray, rows, SOFT_COMMIT, type Executor } from "./db.js";
 import type { RunReason } from "../types.js";
 
 /** A matter this worker now holds a lease on. */
@@ -99,7 +99,7 @@ export async function claimKeys(
     exec,
     sql`select c.ord, c.status, c.cache, c.generation::text, c.attempts, c.epoch::text, c.reason, c.due_in_ms
         from ${SOFT_COMMIT}, dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[],
-          ${given && intArray(given.map((o) => o?.row))}::bigint[], ${given && intArray(given.map((o) => o?.bumps))}::integer[]) c`,
+          ${given && pgArray(given.map((o) => o?.row))}::bigint[], ${given && pgArray(given.map((o) => o?.bumps))}::integer[]) c`,
   );
   return result.map((r, i) => toStatus(r, { kind, identity: identities[i]! }, owner));
 }

@@ -187,11 +187,18 @@ export function jsonParam(value: unknown): SQL {
 }
 
 /**
- * A Postgres array literal of integers, for a `::bigint[]` or `::integer[]` parameter; an
- * undefined entry is NULL. Sent as text, so the driver needs no array type look-up.
+ * A Postgres array literal, for a parameter cast to an array type (`::bigint[]`, `::tid[]`,
+ * `::boolean[]`, …): numbers as they are, booleans as `t`/`f`, strings double-quoted (with `"`
+ * and `\` escaped, so commas and braces are safe), undefined as NULL. Sent as text, so the
+ * driver needs no array type look-up.
  */
-export function intArray(values: readonly (number | undefined)[]): string {
-  return `{${values.map((v) => (v === undefined ? "NULL" : String(v))).join(",")}}`;
+export function pgArray(values: readonly (number | boolean | string | undefined)[]): string {
+  const item = (v: number | boolean | string | undefined) =>
+    v === undefined ? "NULL"
+    : typeof v === "boolean" ? (v ? "t" : "f")
+    : typeof v === "number" ? String(v)
+    : `"${v.replace(/["\\]/g, "\\$&")}"`;
+  return `{${values.map(item).join(",")}}`;
 }
 
 /** Hides the password of a connection URL in messages. */

@@ -4,7 +4,7 @@
  * `ctx.notify`s.
  */
 import { sql } from "drizzle-orm";
-import { intArray, rows, type Executor } from "./db.js";
+import { pgArray, rows, type Executor } from "./db.js";
 import { notifyMatters, touchMatters, type NotifyItem, type TouchItem } from "./notify.js";
 
 /** How a run ended, as the store records it. */
@@ -98,9 +98,9 @@ async function finishStatement(exec: Executor, namespace: string, items: FinishI
   const done = await rows<{ ord: number; dirty: boolean }>(
     exec,
     sql`select f.ord, f.dirty from dmm.finish_runs(${namespace}, ${kind},
-          ${sql.param(items.map((i) => i.owner))}::text[], ${sql.param(items.map((i) => i.identity))}::text[],
-          ${intArray(items.map((i) => i.epoch))}::bigint[], ${intArray(items.map((i) => i.generation))}::bigint[],
-          ${sql.param(items.map((i) => i.outcome))}::text[], ${`[${details.join(",")}]`}::jsonb) f`,
+          ${pgArray(items.map((i) => i.owner))}::text[], ${pgArray(items.map((i) => i.identity))}::text[],
+          ${pgArray(items.map((i) => i.epoch))}::bigint[], ${pgArray(items.map((i) => i.generation))}::bigint[],
+          ${pgArray(items.map((i) => i.outcome))}::text[], ${`[${details.join(",")}]`}::jsonb) f`,
   );
   const results: FinishResult[] = items.map(() => ({ saved: false, dirty: false }));
   for (const row of done) results[row.ord] = { saved: true, dirty: row.dirty };

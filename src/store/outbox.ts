@@ -4,7 +4,7 @@
  * finding each row again by the row version the take marked.
  */
 import { sql } from "drizzle-orm";
-import { intArray, rows, SOFT_COMMIT, type Executor } from "./db.js";
+import { pgArray, rows, SOFT_COMMIT, type Executor } from "./db.js";
 
 /** An outbox row on its way to becoming a token. */
 export interface OutboxRow {
@@ -61,14 +61,13 @@ export async function relayOutbox(
   }
   const results = await publish(batch);
   const ok = batch.map((_, i) => results[i] === "ok");
-  // Arrays, one per field (migration 0017). A tid's text is "(block,offset)": quoted in the
-  // array literal for its comma.
+  // Arrays, one per field (migration 0017).
   await rows(
     db,
     sql`select s.gone, s.kept from ${SOFT_COMMIT}, dmm.relay_settle(${namespace},
-          ${`{${batch.map((r) => `"${r.tid}"`).join(",")}}`}::tid[], ${intArray(batch.map((r) => r.id))}::bigint[],
-          ${intArray(batch.map((r) => r.bumps))}::integer[], ${`{${ok.map((o) => (o ? "t" : "f")).join(",")}}`}::boolean[],
-          ${intArray(batch.map((r) => Math.min(MAX_DEFER_MS, 20 * 2 ** Math.min(r.tries, 10))))}::double precision[]) s`,
+          ${pgArray(batch.map((r) => r.tid))}::tid[], ${pgArray(batch.map((r) => r.id))}::bigint[],
+          ${pgArray(batch.map((r) => r.bumps))}::integer[], ${pgArray(ok)}::boolean[],
+          ${pgArray(batch.map((r) => Math.min(MAX_DEFER_MS, 20 * 2 ** Math.min(r.tries, 10))))}::double precision[]) s`,
   );
   const dispatched = ok.filter(Boolean).length;
   return { taken: batch.length, dispatched, deferred: batch.length - dispatched, more: taken[0]!.more, nextInMs: null };

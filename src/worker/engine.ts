@@ -283,10 +283,11 @@ export class Engine {
     const { matter } = claimed;
     const started = performance.now();
     const attempt = matter.attempts + 1;
-    // Per-run lines carry their fields inline: a child logger per run would cost more than a
-    // trivial run (the context makes one only when the run reads ctx.log).
+    // Per-run lines carry their fields inline, each spelled out: a child logger per run, or one
+    // shared fields object spread with more after it, would cost more than a trivial run (debug
+    // lines are built whether or not printed; the context makes a child only when the run reads
+    // ctx.log).
     const log = this.#deps.log;
-    const fields = { kind: matter.kind, key: matter.identity, attempt };
     const timer = setTimeout(
       () => lease.abort.abort(new RunTimeoutError(`The run of ${matter.kind} ${JSON.stringify(matter.identity)} exceeded its timeout of ${entry.timeoutMs} ms.`)),
       entry.timeoutMs,
@@ -296,8 +297,6 @@ export class Engine {
     let error: Error | undefined;
     let cacheText: string | null = null;
     this.stats.runs++;
-    // Spelled out, not `{ ...fields, … }`: a spread with more fields after it costs microseconds,
-    // more than a trivial run, and debug lines are built whether or not they are printed.
     log.debug("materialize:start", { kind: matter.kind, key: matter.identity, attempt, reason: matter.reason, generation: matter.generation });
     try {
       const instance = new (entry.cls as MaterializerClass)() as Materializer & Record<string, unknown>;
@@ -367,18 +366,18 @@ export class Engine {
       log.debug("materialize:success", { kind: matter.kind, key: matter.identity, attempt, durationMs: round(durationMs) });
     } else if (reported === "fail") {
       this.stats.failed++;
-      log.warn("materialize:error", { ...fields, durationMs: round(durationMs), retryInMs: item.dueInMs, err: short(error) });
+      log.warn("materialize:error", { kind: matter.kind, key: matter.identity, attempt, durationMs: round(durationMs), retryInMs: item.dueInMs, err: short(error) });
     } else if (reported === "park") {
       this.stats.parked++;
-      log.warn("materialize:parked", { ...fields, err: short(error) });
+      log.warn("materialize:parked", { kind: matter.kind, key: matter.identity, attempt, err: short(error) });
     } else if (reported === "lost") {
       this.stats.leaseLost++;
-      log.warn("materialize:lease-lost", { ...fields, durationMs: round(durationMs), outcome });
+      log.warn("materialize:lease-lost", { kind: matter.kind, key: matter.identity, attempt, durationMs: round(durationMs), outcome });
     }
     try {
       this.#deps.onRunEnd?.({ kind: matter.kind, identity: matter.identity, outcome: reported, reason: matter.reason, attempt, durationMs, error });
     } catch (err) {
-      log.warn("listener:error", { ...fields, err: coerceError(err).message });
+      log.warn("listener:error", { kind: matter.kind, key: matter.identity, attempt, err: coerceError(err).message });
     }
   }
 

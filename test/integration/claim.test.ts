@@ -3,7 +3,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { drizzle } from "drizzle-orm/postgres-js";
-import { claimKeys, finishRuns, notifyMatters, takeAndClaim } from "../../src/store/index.js";
+import { claimKeys, finishRuns, notifyMatters, pgArray, takeAndClaim, type FinishItem } from "../../src/store/index.js";
 import { indexReads } from "../harness/index-reads.js";
 import { useTestEnvironment } from "../harness/setup.js";
 
@@ -117,7 +117,7 @@ describe("finishRuns", () => {
         claimed.set(m.identity, { epoch: m.epoch, generation: m.generation, owner });
       }
     }
-    const item = (identity: string, fields: Partial<Parameters<typeof finishRuns>[2][number]>) => ({
+    const item = (identity: string, fields: Partial<FinishItem>): FinishItem => ({
       owner: claimed.get(identity)!.owner, kind: "k", identity, epoch: claimed.get(identity)!.epoch,
       generation: claimed.get(identity)!.generation, outcome: "ok" as const, base: { v: 1 }, cache: null,
       error: null, dueInMs: null, dueReason: null, ...fields,
@@ -146,6 +146,17 @@ describe("finishRuns", () => {
     expect(by.requeued!.due_s).toBeGreaterThanOrEqual(118);
     expect(by.stale).toMatchObject({ cache: { v: 1 }, lease_owner: "owner-1", clean: false });
     expect(by["other-owner"]).toMatchObject({ cache: { v: 4 }, lease_owner: null, clean: true });
+    await sql.close();
+  });
+});
+
+describe("pgArray", () => {
+  it("spells arrays that Postgres reads back as they were, quotes, backslashes, braces and commas included", async () => {
+    const sql = env.sql();
+    const texts = ['a"b', "c\\d", "{e,f}", "g h", "", "NULL", "(0,1)"];
+    const [row] = await sql`select ${pgArray(texts)}::text[] as t, array_to_string(${pgArray([1, undefined, 9007199254740991])}::bigint[], ',', 'null') as n,
+                                   ${pgArray([true, false])}::boolean[] as b, ${pgArray(["(0,1)", "(12,3)"])}::tid[]::text[] as tid`;
+    expect(row).toEqual({ t: texts, n: "1,null,9007199254740991", b: [true, false], tid: ["(0,1)", "(12,3)"] });
     await sql.close();
   });
 });

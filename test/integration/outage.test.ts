@@ -10,7 +10,7 @@ import { open, type Bucket } from "../../src/bucket.js";
 import { LeaseLostError } from "../../src/errors.js";
 import type { Context, Logger } from "../../src/types.js";
 import type { RunEndEvent } from "../../src/worker/engine.js";
-import { useTestEnvironment } from "../harness/setup.js";
+import { MODES, useTestEnvironment } from "../harness/setup.js";
 import { deferred, waitFor } from "../harness/wait.js";
 
 const env = useTestEnvironment();
@@ -126,12 +126,12 @@ describe("outages", () => {
     await work;
   });
 
-  it("runs every matter notified before a Postgres crash, although the crash empties the unlogged outbox", async () => {
+  it.each(MODES)("runs every matter notified before a Postgres crash, although the crash empties the unlogged outbox (%s dispatch)", async (mode) => {
     const pg: PostgresServer = await startPostgresServer();
     servers.push(pg);
     const sql = postgres(pg.url, { max: 1, onnotice: () => {} });
     try {
-      const bucket = await open(env.namespace(), { database: pg.url, migrate: true, logger: memoryLogger(), sweepIntervalMs: 300 });
+      const bucket = await env.open(mode, { database: pg.url, migrate: true, logger: memoryLogger(), sweepIntervalMs: 300 });
       const stream = bucket.register("unit", Unit);
       const runs = runsOf(bucket);
       await bucket.notify(Array.from({ length: 20 }, (_, i) => Object.assign(new Unit(), { id: `c${i}` })));

@@ -20,10 +20,13 @@ useTestEnvironment();
 
 const BACKLOG = 50_000;
 
-/** A database of its own, cloned from the migrated template: its outbox starts empty. */
-function withFreshDatabase(fn: (sql: postgres.Sql) => Promise<void>): Promise<void> {
+/**
+ * A database of its own, cloned from the migrated template: its outbox starts empty. Notices
+ * (auto_explain's plans) go to `notices` when given.
+ */
+function withFreshDatabase(fn: (sql: postgres.Sql) => Promise<void>, notices?: string[]): Promise<void> {
   return withScratchDatabase("plan", `template "${TEMPLATE_DB}"`, async (url) => {
-    const sql = postgres(url, { max: 1, onnotice: () => {} });
+    const sql = postgres(url, { max: 1, onnotice: (n) => notices?.push(String(n.message)) });
     try {
       await fn(sql);
     } finally {
@@ -98,33 +101,28 @@ describe("a notify first planned on an outbox that statistics call empty", () =>
 describe("a finish planned with statistics on the matters", () => {
   it("matches each run of a batch of 1,000 with its own matter, not with every matter of the batch", async () => {
     const notices: string[] = [];
-    await withScratchDatabase("plan", `template "${TEMPLATE_DB}"`, async (url) => {
-      const sql = postgres(url, { max: 1, onnotice: (n) => notices.push(String(n.message)) });
-      try {
-        const db = drizzle(sql);
-        const ns = "plans";
-        const ids = Array.from({ length: 1_000 }, (_, i) => `f${i}`);
-        await notifyMatters(db, ns, ids.map((identity) => ({ kind: "k", identity, cache: "{}" })));
-        await sql`analyze dmm.dmm_matter`;
-        const claims = await claimKeys(db, ns, "owner-1", 30_000, "k", ids);
-        // The plan of every statement the finish runs, with its row counts, as notices.
-        await sql`load 'auto_explain'`;
-        await sql`select set_config('auto_explain.log_min_duration', '0', false), set_config('auto_explain.log_analyze', 'on', false),
-                         set_config('auto_explain.log_nested_statements', 'on', false), set_config('auto_explain.log_level', 'notice', false)`;
-        const results = await finishRuns(db, ns, claims.map((c) => {
-          const m = (c as { matter: { identity: string; epoch: number; generation: number } }).matter;
-          return { owner: "owner-1", kind: "k", identity: m.identity, epoch: m.epoch, generation: m.generation, outcome: "ok" as const,
-                   base: {}, cache: null, error: null, dueInMs: null, dueReason: null };
-        }));
-        expect(results.every((r) => r.saved)).toBe(true);
-        const update = notices.find((n) => n.includes("UPDATE \"dmm\".\"dmm_matter\" m SET") && n.includes("observed_generation"));
-        expect(update, "the finish's UPDATE was explained").toBeDefined();
-        const removed = [...update!.matchAll(/Rows Removed by Join Filter: (\d+)/g)].map((m) => Number(m[1]));
-        expect(Math.max(0, ...removed), "runs compared with a matter not their own").toBeLessThan(1_000);
-      } finally {
-        await sql.end();
-      }
-    });
+    await withFreshDatabase(async (sql) => {
+      const db = drizzle(sql);
+      const ns = "plans";
+      const ids = Array.from({ length: 1_000 }, (_, i) => `f${i}`);
+      await notifyMatters(db, ns, ids.map((identity) => ({ kind: "k", identity, cache: "{}" })));
+      await sql`analyze dmm.dmm_matter`;
+      const claims = await claimKeys(db, ns, "owner-1", 30_000, "k", ids);
+      // The plan of every statement the finish runs, with its row counts, as notices.
+      await sql`load 'auto_explain'`;
+      await sql`select set_config('auto_explain.log_min_duration', '0', false), set_config('auto_explain.log_analyze', 'on', false),
+                       set_config('auto_explain.log_nested_statements', 'on', false), set_config('auto_explain.log_level', 'notice', false)`;
+      const results = await finishRuns(db, ns, claims.map((c) => {
+        const m = (c as { matter: { identity: string; epoch: number; generation: number } }).matter;
+        return { owner: "owner-1", kind: "k", identity: m.identity, epoch: m.epoch, generation: m.generation, outcome: "ok" as const,
+                 base: {}, cache: null, error: null, dueInMs: null, dueReason: null };
+      }));
+      expect(results.every((r) => r.saved)).toBe(true);
+      const update = notices.find((n) => n.includes("UPDATE \"dmm\".\"dmm_matter\" m SET") && n.includes("observed_generation"));
+      expect(update, "the finish's UPDATE was explained").toBeDefined();
+      const removed = [...update!.matchAll(/Rows Removed by Join Filter: (\d+)/g)].map((m) => Number(m[1]));
+      expect(Math.max(0, ...removed), "runs compared with a matter not their own").toBeLessThan(1_000);
+    }, notices);
   });
 });
 
