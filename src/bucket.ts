@@ -480,7 +480,8 @@ class BucketImpl implements Bucket, BucketInternals {
         deadWorkerCheckMs: options.deadWorkerCheckMs,
         shutdownGraceMs: options.shutdownGraceMs,
         openSession: () => registerWorker(this.db.client, namespace, randomUUID()),
-        finish: (items) => finishRuns({ execute: db.execute.bind(db), transaction: <T>(fn: (tx: DrizzleExecutor) => Promise<T>) => guardedTransaction(db, fn) }, namespace, items),
+        // The database itself, so that the finish goes out as a prepared statement.
+        finish: (items) => finishRuns(db, namespace, items, (fn) => guardedTransaction(db, fn)),
         enqueue: (keys) => enqueueMatters(db, namespace, keys),
         sweep: () => sweepMatters(db, namespace, options.sweepIntervalMs, 1_000),
         maintain: () => vacuumIfBloated(db),

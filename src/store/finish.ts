@@ -43,20 +43,27 @@ export interface FinishResult {
   dirty: boolean;
 }
 
+/** Runs `fn` in one transaction; what {@link finishRuns} commits together. */
+export type TransactionRunner = <T>(fn: (tx: Executor) => Promise<T>) => Promise<T>;
+
 /**
  * Finishes runs in one statement (one transaction when some successful runs carry
  * `ctx.notify`s). A matter whose generation moved during its run goes back on the outbox in
  * the same statement, so exactly one more run follows however many notifies arrived.
+ *
+ * `exec` should be the Drizzle database itself (not a wrapper around its `execute`), so that
+ * the statement goes out prepared (see `rows`); `transaction` defaults to `exec.transaction`.
  */
 export async function finishRuns(
-  exec: Executor & { transaction?: <T>(fn: (tx: Executor) => Promise<T>) => Promise<T> },
+  exec: Executor & { transaction?: TransactionRunner },
   namespace: string,
   items: FinishItem[],
+  transaction: TransactionRunner | undefined = exec.transaction?.bind(exec),
 ): Promise<FinishResult[]> {
   if (items.length === 0) return [];
   const hasChildren = items.some((i) => i.outcome === "ok" && ((i.notifies?.length ?? 0) > 0 || (i.touches?.length ?? 0) > 0));
   const kinds = new Set(items.map((i) => i.kind));
-  if (kinds.size === 1 && (!hasChildren || !exec.transaction)) return finishStatement(exec, namespace, items);
+  if (kinds.size === 1 && (!hasChildren || !transaction)) return finishStatement(exec, namespace, items);
   const all = async (ex: Executor): Promise<FinishResult[]> => {
     const results: FinishResult[] = new Array(items.length);
     for (const kind of [...kinds].sort()) {
@@ -66,8 +73,8 @@ export async function finishRuns(
     }
     return results;
   };
-  if (!hasChildren || !exec.transaction) return all(exec);
-  return exec.transaction(async (tx) => {
+  if (!hasChildren || !transaction) return all(exec);
+  return transaction(async (tx) => {
     const results = await all(tx);
     const notifies: NotifyItem[] = [];
     const touches: TouchItem[] = [];

@@ -56,6 +56,39 @@ describe.each(MODES)("with %s dispatch", (mode) => {
     await sql.close();
   });
 
+  it("sends each hot-path statement (take, claim, finish, relay) prepared, so that it is one round trip and no parse", async () => {
+    // The app's own Drizzle database, its client's unsafe() watched: Drizzle's execute() sends
+    // statements unnamed, which postgres.js then describes first (two round trips and a parse
+    // and plan every time).
+    const client = env.sql({ max: 10 });
+    const sent: { text: string; prepared: boolean }[] = [];
+    const unsafe = client.unsafe.bind(client);
+    client.unsafe = ((text: string, params?: never[], options?: { prepare?: boolean }) => {
+      sent.push({ text, prepared: options?.prepare === true });
+      return unsafe(text, params, options);
+    }) as typeof client.unsafe;
+    const bucket = await env.open(mode, { database: drizzle(client) });
+    class Plain {
+      id = "";
+      identity() {
+        return this.id;
+      }
+      async materialize() {}
+    }
+    const stream = bucket.register("plain", Plain);
+    const runs = recordRuns(bucket);
+    const work = stream.work({ concurrency: 4 });
+    await bucket.notify(Array.from({ length: 20 }, (_, i) => Object.assign(new Plain(), { id: `p${i}` })));
+    await waitFor("20 runs", () => runs.length >= 20);
+    await quiesce(bucket, client);
+    await bucket.close();
+    await work;
+    const hot = sent.filter((s) => /dmm\.(finish_runs|take_and_claim|claim_keys|relay_take|relay_settle)\(/.test(s.text));
+    expect(hot.some((s) => s.text.includes("dmm.finish_runs(")), "a finish was sent").toBe(true);
+    expect(hot.filter((s) => !s.prepared).map((s) => s.text.replace(/\s+/g, " ").slice(0, 60))).toEqual([]);
+    await client.close();
+  });
+
   it("turns 50 notifies during one 300 ms run into exactly one more run", async () => {
     const bucket = await env.open(mode);
     const sql = env.sql();
