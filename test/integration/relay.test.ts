@@ -10,6 +10,10 @@ import { notifyMatters, relayOutbox } from "../../src/store/index.js";
 import type { BucketInternals } from "../../src/bucket.js";
 import type { Context } from "../../src/types.js";
 import type { RunEndEvent } from "../../src/worker/engine.js";
+import { connect } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { streamName, tokenSubject } from "../../src/nats/subjects.js";
+import { NATS_URL } from "../harness/env.js";
 import { useTestEnvironment } from "../harness/setup.js";
 import { waitFor } from "../harness/wait.js";
 
@@ -108,5 +112,50 @@ describe("the outbox row of a new matter", () => {
     expect(after.map((r) => [r.identity, r.bumps, r.relay_until])).toEqual([["a", 1, null], ["b", 0, null], ["c", 0, null]]);
     expect(after[0]!.id).toBe(first[0]!.id);
     await sql.close();
+  });
+});
+
+describe("the token of a notify that makes a few new matters", () => {
+  it("goes out from the notification with the msgID of the relay's own publish, which JetStream drops: one token, one run", async () => {
+    const bucket = await env.open("nats", { sweepIntervalMs: 60_000 });
+    const stream = bucket.register("item", Item);
+    const runs: RunEndEvent[] = [];
+    (bucket as unknown as BucketInternals).onRunEnd = (e) => void runs.push(e);
+    const nc = await connect({ servers: NATS_URL });
+    try {
+      const published: { subject: string; msgId: string | undefined }[] = [];
+      const sub = nc.subscribe(`dmm.${bucket.namespace}.item.>`, { callback: (_err, msg) => void published.push({ subject: msg.subject, msgId: msg.headers?.get("Nats-Msg-Id") }) });
+      await nc.flush();
+      const work = stream.work();
+      // Once a first matter ran, the worker listens (it listens before its relay starts).
+      await bucket.notify(Object.assign(new Item(), { id: "warm" }));
+      await waitFor("the first run", () => runs.length === 1);
+      await bucket.notify(Object.assign(new Item(), { id: "a" }));
+      const subject = tokenSubject(bucket.namespace, "item", "a");
+      // The early publish and the relay round's, each with the same msgID.
+      await waitFor("two publishes of a's token", () => published.filter((p) => p.subject === subject).length >= 2);
+      const ids = new Set(published.filter((p) => p.subject === subject).map((p) => p.msgId));
+      expect(ids.size).toBe(1);
+      expect([...ids][0]).toMatch(new RegExp(`^${bucket.namespace}:\\d+:0:\\d+$`));
+      await waitFor("a's run", () => runs.some((r) => r.identity === "a"));
+      await waitFor("the outbox to empty", async () => {
+        const sql = env.sql();
+        try {
+          return (await sql`select 1 from dmm.dmm_outbox where namespace = ${bucket.namespace}`).length === 0;
+        } finally {
+          await sql.close();
+        }
+      });
+      // JetStream stored one message per identity: the second publish of a's token was a duplicate.
+      const jsm = await jetstreamManager(nc);
+      const info = await jsm.streams.info(streamName(bucket.namespace));
+      expect(info.state.last_seq).toBe(2);
+      expect(runs.map((r) => r.identity).sort()).toEqual(["a", "warm"]);
+      sub.unsubscribe();
+      await bucket.close();
+      await work;
+    } finally {
+      await nc.close();
+    }
   });
 });
