@@ -531,7 +531,7 @@ class BucketImpl implements Bucket, BucketInternals {
    */
   #onOutboxRows(payload: string): void {
     const tokens = this.tokens;
-    if (!tokens || !this.#relay || this.#fallback) return;
+    if (!tokens || !this.#relay || this.#fallback || this.#stop.signal.aborted) return;
     let list: unknown;
     try {
       list = JSON.parse(payload);
