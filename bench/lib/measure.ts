@@ -173,3 +173,35 @@ export function backendCpuDelta(before: Map<number, number>, after: Map<number, 
   for (const [pid, us] of after) sum += us - (before.get(pid) ?? 0);
   return sum;
 }
+
+/** Busy and total jiffies of all CPUs from /proc/stat, or null where it cannot be read. */
+function cpuJiffies(): { busy: number; total: number } | null {
+  try {
+    const line = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!;
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    const total = f.reduce((a, b) => a + b, 0);
+    // idle and iowait are fields 4 and 5 of the cpu line.
+    return { busy: total - (f[3] ?? 0) - (f[4] ?? 0), total };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Waits until the machine is quiet: the share of busy CPU over a `windowMs` window (default
+ * 500 ms) at most `maxBusy` (default 0.25), or `timeoutMs` (default 15 s) passed. Latency
+ * samples start only then, so that the system measured first after a heavy scenario does not
+ * pay for what the previous one left behind (Postgres writing back buffers, JetStream
+ * compacting its store). Returns the last window's busy share (null where /proc is unreadable).
+ */
+export async function waitForQuiet(maxBusy = 0.25, windowMs = 500, timeoutMs = 15_000): Promise<number | null> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const a = cpuJiffies();
+    await new Promise((r) => setTimeout(r, windowMs));
+    const b = cpuJiffies();
+    if (!a || !b || b.total === a.total) return null;
+    const busy = (b.busy - a.busy) / (b.total - a.total);
+    if (busy <= maxBusy || Date.now() >= deadline) return Math.round(busy * 1000) / 1000;
+  }
+}

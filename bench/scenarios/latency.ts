@@ -3,10 +3,17 @@
  * happening. `loaded`: a paced background load of half the system's own `e2e_per_s` (one
  * process, from this run's throughput scenario, or a short calibration run) is enqueued by a
  * separate load-generator process and processed by the same worker meanwhile.
+ *
+ * Every measurement starts alike: a CHECKPOINT (buffers dirtied by earlier scenarios written
+ * back) and a wait until the machine is quiet (busy CPU at most 25% over half a second, at most
+ * 15 s; the share is in the detail as cpu_busy_before). Without it the system measured first
+ * after the throughput scenario took its samples while Postgres and JetStream were still
+ * catching up (1-minute load average 7.0 at its start in the run of 21:24 UTC, 4.8 at the next).
  */
 import { makeKeys } from "../lib/load.js";
 import { LoadProcess } from "../lib/load-process.js";
 import { latencySummary, round } from "../lib/stats.js";
+import { waitForQuiet } from "../lib/measure.js";
 import type { Producer, System } from "../lib/system.js";
 import { Scope, sleep, wallNow, withTimeout, warn } from "../lib/util.js";
 import { WorkerGroup } from "../lib/workers.js";
@@ -27,26 +34,38 @@ const GAP_SPREAD_MS = 10;
 const GAP_SPREAD_MAX_MS = 600;
 /** Background load runs this long before the first sample. */
 const WARMUP_MS = 1_000;
+/**
+ * Samples taken and dropped first, the same for every system: the first job after a worker
+ * starts also pays for its connections' first statements (plans, function compilation) and
+ * first pulls, 10–50 ms, which is start-up, not the latency asked about. Kept in the detail.
+ */
+const WARMUP_SAMPLES = 3;
 
 /**
- * Takes `count` samples: register interest in the key's trace, enqueue it in its own
- * transaction, stamp the time once the commit returned, wait for the handler start.
+ * Takes `count` samples after `warmup` dropped ones (returned apart): register interest in the
+ * key's trace, enqueue it in its own transaction, stamp the time once the commit returned, wait
+ * for the handler start.
  */
-async function sample(producer: Producer, group: WorkerGroup, count: number): Promise<number[]> {
+async function sample(producer: Producer, group: WorkerGroup, count: number, warmup: number): Promise<{ samples: number[]; dropped: number[] }> {
   const waiting = new Map<string, (at: number) => void>();
   const off = group.onTrace((key, at) => {
     waiting.get(key)?.(at);
     waiting.delete(key);
   });
   const samples: number[] = [];
+  const dropped: number[] = [];
   let maxSeen = 0;
   try {
-    for (let i = 0; i < count; i++) {
-      const key = `lat-${i}`;
+    for (let i = -warmup; i < count; i++) {
+      const key = i < 0 ? `lat-warmup${-i}` : `lat-${i}`;
       const started = new Promise<number>((resolve) => waiting.set(key, resolve));
       await producer.enqueue([key]);
       const committedAt = wallNow();
       const startedAt = await withTimeout(Promise.race([started, group.failure]), 30_000, `the handler start of ${key}`);
+      if (i < 0) {
+        dropped.push(startedAt - committedAt);
+        continue;
+      }
       samples.push(startedAt - committedAt);
       maxSeen = Math.max(maxSeen, startedAt - committedAt);
       await sleep(GAP_MIN_MS + Math.random() * Math.min(GAP_SPREAD_MAX_MS, Math.max(GAP_SPREAD_MS, maxSeen)));
@@ -54,7 +73,7 @@ async function sample(producer: Producer, group: WorkerGroup, count: number): Pr
   } finally {
     off();
   }
-  return samples;
+  return { samples, dropped };
 }
 
 async function measure(system: System, env: Env, scope: Scope, loaded: boolean): Promise<Measured> {
@@ -65,6 +84,10 @@ async function measure(system: System, env: Env, scope: Scope, loaded: boolean):
   ]);
   await group.start(target, { concurrency: env.sizes.concurrency, workMs: 0, tracePrefix: "lat-" });
   const detail: Record<string, unknown> = { samples: env.sizes.latency_samples };
+  // The same start for every system: dirty buffers of earlier scenarios written, machine quiet.
+  scope.step = "waiting for a quiet machine";
+  await env.dbs.admin`CHECKPOINT`;
+  detail.cpu_busy_before = await waitForQuiet();
   let load: LoadProcess | undefined;
   if (loaded) {
     let rate = env.e2eRates.get(system.name);
@@ -83,7 +106,8 @@ async function measure(system: System, env: Env, scope: Scope, loaded: boolean):
     await sleep(WARMUP_MS);
   }
   scope.step = `taking ${env.sizes.latency_samples} latency samples`;
-  const samples = await sample(producer, group, env.sizes.latency_samples);
+  const { samples, dropped } = await sample(producer, group, env.sizes.latency_samples, WARMUP_SAMPLES);
+  detail.warmup_ms = dropped.map((ms) => round(ms, 2));
   scope.step = "stopping";
   if (load) {
     const { achievedPerS } = await load.stop();
@@ -94,6 +118,8 @@ async function measure(system: System, env: Env, scope: Scope, loaded: boolean):
   if (negative > 0) warn(`${system.name} latency: ${negative} samples below zero (handler start stamped before the parent saw the commit)`);
   detail.negative_samples = negative;
   detail.max_ms = round(Math.max(...samples), 2);
+  // Where the tail sits in the sequence (a cold start shows as the first samples).
+  detail.slowest = samples.map((ms, i) => ({ i, ms: round(ms, 2) })).sort((a, b) => b.ms - a.ms).slice(0, 5);
   detail.clock_offsets_ms = group.workers.map((w) => round(w.clockOffsetMs, 4));
   await group.stop();
   return { metrics: latencySummary(samples), detail };
