@@ -14,6 +14,7 @@
 import { readFileSync, readdirSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import type postgres from "postgres";
+import { sleep, wallNow } from "./util.js";
 
 /** Clock ticks per second of /proc's utime/stime fields (`getconf CLK_TCK`, almost always 100). */
 const CLK_TCK = (() => {
@@ -195,13 +196,13 @@ function cpuJiffies(): { busy: number; total: number } | null {
  * compacting its store). Returns the last window's busy share (null where /proc is unreadable).
  */
 export async function waitForQuiet(maxBusy = 0.25, windowMs = 500, timeoutMs = 15_000): Promise<number | null> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = wallNow() + timeoutMs;
   for (;;) {
     const a = cpuJiffies();
-    await new Promise((r) => setTimeout(r, windowMs));
+    await sleep(windowMs);
     const b = cpuJiffies();
     if (!a || !b || b.total === a.total) return null;
     const busy = (b.busy - a.busy) / (b.total - a.total);
-    if (busy <= maxBusy || Date.now() >= deadline) return Math.round(busy * 1000) / 1000;
+    if (busy <= maxBusy || wallNow() >= deadline) return Math.round(busy * 1000) / 1000;
   }
 }

@@ -121,6 +121,7 @@ describe("the token of a notify that makes a few new matters", () => {
     const stream = bucket.register("item", Item);
     const runs: RunEndEvent[] = [];
     (bucket as unknown as BucketInternals).onRunEnd = (e) => void runs.push(e);
+    const sql = env.sql();
     const nc = await connect({ servers: NATS_URL });
     try {
       const published: { subject: string; msgId: string | undefined }[] = [];
@@ -138,14 +139,7 @@ describe("the token of a notify that makes a few new matters", () => {
       expect(ids.size).toBe(1);
       expect([...ids][0]).toMatch(new RegExp(`^${bucket.namespace}:\\d+:0:\\d+$`));
       await waitFor("a's run", () => runs.some((r) => r.identity === "a"));
-      await waitFor("the outbox to empty", async () => {
-        const sql = env.sql();
-        try {
-          return (await sql`select 1 from dmm.dmm_outbox where namespace = ${bucket.namespace}`).length === 0;
-        } finally {
-          await sql.close();
-        }
-      });
+      await waitFor("the outbox to empty", async () => (await sql`select 1 from dmm.dmm_outbox where namespace = ${bucket.namespace}`).length === 0);
       // JetStream stored one message per identity: the second publish of a's token was a duplicate.
       const jsm = await jetstreamManager(nc);
       const info = await jsm.streams.info(streamName(bucket.namespace));
@@ -156,6 +150,7 @@ describe("the token of a notify that makes a few new matters", () => {
       await work;
     } finally {
       await nc.close();
+      await sql.close();
     }
   });
 });
