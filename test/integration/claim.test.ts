@@ -96,6 +96,9 @@ describe("claimKeys for an identity whose outbox row is waiting", () => {
     expect(done).toEqual({ saved: true, dirty: true });
     const [row] = await sql`select tries, available_at > now() as waiting from dmm.dmm_outbox where namespace = ${ns}`;
     expect(row).toEqual({ tries: 0, waiting: true });
+    // The pause is 50 ms, which a busy machine can spend before the next statement: made long
+    // enough here that the token below surely arrives within it (its length is not under test).
+    await sql`update dmm.dmm_outbox set available_at = now() + interval '1 hour' where namespace = ${ns}`;
     const [late] = await claimKeys(db, ns, "owner-1", 30_000, "k", ["x"]);
     expect(late!.status, "a token that arrives in the pause").toBe("idle");
     await sql.close();
