@@ -36,11 +36,17 @@ import {
 } from "./store/index.js";
 import { openTokens, type NatsInput, type Tokens } from "./nats/index.js";
 import { Engine, runKind, type EngineStats, type RunEndEvent } from "./worker/engine.js";
-import { createOutboxSource, createSwitchingSource, createTokenSource, type WakeableSource } from "./worker/sources.js";
+import { createOutboxSource, createSwitchingSource, createTokenSource, type SwitchingSource, type WakeableSource } from "./worker/sources.js";
 import type { ContextDeps } from "./worker/context.js";
 import { startRelay, type Relay } from "./relay/relay.js";
 import { relayMessages } from "./relay/batches.js";
 import { sleep, untilAborted } from "./async.js";
+
+/**
+ * Longest a relay wake-up waits for the outbox takes offered to idle runners (see
+ * #onOutboxRows); they normally settle within a round trip.
+ */
+const RELAY_WAKE_HOLD_MS = 50;
 
 /** Options of `stream.work()`. */
 export interface WorkOptions {
@@ -188,7 +194,11 @@ class BucketImpl implements Bucket, BucketInternals {
   #fallbackTimer: NodeJS.Timeout | null = null;
   #probe: NodeJS.Timeout | null = null;
   #relayFailures = 0;
-  readonly #switching = new Set<{ modeChanged(): void; restartPulls(): void }>();
+  readonly #switching = new Set<SwitchingSource>();
+  // Outbox rows offered to idle runners (see #onOutboxRows) whose takes have not settled yet,
+  // and the timer of a relay wake-up held for them.
+  #directTakes = 0;
+  #relayWakeHeld: NodeJS.Timeout | null = null;
 
   constructor(
     readonly options: ResolvedOptions,
@@ -314,6 +324,7 @@ class BucketImpl implements Bucket, BucketInternals {
     await engine?.stop();
     await Promise.allSettled([...this.#works]);
     await this.#relay?.stop();
+    if (this.#relayWakeHeld) clearTimeout(this.#relayWakeHeld);
     await this.#unlisten?.().catch(() => {});
     await this.tokens?.close().catch(() => {});
     await this.db.close();
@@ -399,7 +410,7 @@ class BucketImpl implements Bucket, BucketInternals {
         claim: async (keys) =>
           claimKeys(this.db.db, namespace, await engine.owner(), options.leaseMs, entry.kind, keys.map((k) => k.identity), keys.map((k) => k.origin)),
       });
-      const switching = createSwitchingSource(fromTokens, outbox, () => this.#fallback);
+      const switching = createSwitchingSource(entry.kind, fromTokens, outbox, () => this.#fallback);
       this.#switching.add(switching);
       const close = switching.close.bind(switching);
       switching.close = async () => {
@@ -526,8 +537,10 @@ class BucketImpl implements Bucket, BucketInternals {
    * A head start for the tokens of a notify's few new outbox rows (migration 0018 sends them on
    * dmm_outbox_rows): published at once, each with the msgID the relay's next round gives the
    * same row, so JetStream drops that round's publish as a duplicate and the round deletes the
-   * row as usual. Best effort: a payload of another namespace or shape is ignored, and a
-   * refused or failed publish leaves the row to the round.
+   * row as usual. Rows of a kind whose runner here is idle are offered to that runner instead
+   * (SwitchingSource.offer), which takes them from the outbox itself: no token at all. Best
+   * effort: a payload of another namespace or shape is ignored, and a refused or failed publish,
+   * or a take that finds the rows gone, leaves them to the relay round.
    */
   #onOutboxRows(payload: string): void {
     const tokens = this.tokens;
@@ -547,7 +560,22 @@ class BucketImpl implements Bucket, BucketInternals {
       rows.push({ id, kind, identity, bumps, born });
     }
     if (rows.length === 0) return;
-    void tokens.publish(relayMessages(this.namespace, rows).messages).then(
+    // An idle runner of the kind takes its rows itself; the rest get their tokens at once.
+    const offered = new Set<string>();
+    for (const kind of new Set(rows.map((r) => r.kind))) {
+      for (const source of this.#switching) {
+        if (source.kind !== kind) continue;
+        this.#directTakes++;
+        if (source.offer(rows.filter((r) => r.kind === kind).length, () => this.#directTakeSettled())) {
+          offered.add(kind);
+          break;
+        }
+        this.#directTakes--;
+      }
+    }
+    const publish = offered.size === 0 ? rows : rows.filter((r) => !offered.has(r.kind));
+    if (publish.length === 0) return;
+    void tokens.publish(relayMessages(this.namespace, publish).messages).then(
       ({ errors }) => {
         if (errors.length > 0) this.options.logger.debug("relay:early:refused", { failed: errors.length });
       },
@@ -555,11 +583,30 @@ class BucketImpl implements Bucket, BucketInternals {
     );
   }
 
+  /**
+   * One offered take settled. The relay's wake-up for the same commit (dmm_outbox arrives right
+   * after dmm_outbox_rows) waited for it: a round started at once would mostly take the very rows
+   * the runner is about to claim, mark them in flight and publish their tokens after all.
+   */
+  #directTakeSettled(): void {
+    if (--this.#directTakes > 0) return;
+    this.#releaseRelayWake();
+  }
+
+  #releaseRelayWake(): void {
+    if (!this.#relayWakeHeld) return;
+    clearTimeout(this.#relayWakeHeld);
+    this.#relayWakeHeld = null;
+    this.#relay?.wake();
+  }
+
   #onOutbox(payload: string): void {
     const colon = payload.indexOf(":");
     if (payload.slice(0, colon) !== this.namespace) return;
     if (this.#relay && !this.#fallback) {
-      this.#relay.wake();
+      // Held at most RELAY_WAKE_HOLD_MS, whatever becomes of the takes.
+      if (this.#directTakes > 0) this.#relayWakeHeld ??= setTimeout(() => this.#releaseRelayWake(), RELAY_WAKE_HOLD_MS);
+      else this.#relay.wake();
       return;
     }
     for (const source of this.#sources.get(payload.slice(colon + 1)) ?? []) source.wake();

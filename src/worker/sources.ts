@@ -228,20 +228,45 @@ export function createOutboxSource(deps: OutboxSourceDeps): WakeableSource {
   };
 }
 
+/** A source that can also take outbox rows announced to it (NATS dispatch, see `offer`). */
+export interface SwitchingSource extends WakeableSource {
+  /** The kind its runner works. */
+  readonly kind: string;
+  modeChanged(): void;
+  restartPulls(): void;
+  /**
+   * `count` new outbox rows of this kind were just committed (a small notify announces them on
+   * `dmm_outbox_rows`, migration 0018). A runner that waits for tokens with nothing to run
+   * takes up to `count` available outbox rows of its kind itself on its next take
+   * (`dmm.take_and_claim`, as Postgres-only dispatch does) instead of waiting for their tokens:
+   * from commit to run that skips the publish to NATS and the delivery back, two of the five
+   * process hops. Returns false when the runner is not waiting (the rows go the token way, as
+   * before). `done` is called once that take settled, or when it will not happen (closing).
+   */
+  offer(count: number, done: () => void): boolean;
+}
+
 /**
  * Dispatch that follows the bucket's NATS health: tokens while JetStream is reachable, the
  * Postgres outbox while it is not (`usePostgres()` true). Both claim through the same fenced
  * statements, so switching mid-flight is safe; tokens left in the stream are claimed (or acked
- * as idle) once NATS is back.
+ * as idle) once NATS is back. An idle runner also takes announced rows from the outbox directly
+ * (`offer`); a token published for such a row anyway (by a busy worker, or a relay round that
+ * took the row first) finds its matter leased or done, and is acked as idle.
  */
 export function createSwitchingSource(
+  kind: string,
   tokens: WakeableSource & { restartPulls(): void },
   outbox: WakeableSource,
   usePostgres: () => boolean,
-): WakeableSource & { modeChanged(): void; restartPulls(): void } {
+): SwitchingSource {
   let changed: (() => void) | null = null;
+  // While the runner waits in ready(): accepting an offer resolves that wait.
+  let waiting: (() => void) | null = null;
+  let offered: { count: number; done: () => void } | null = null;
   const current = () => (usePostgres() ? outbox : tokens);
   return {
+    kind,
     wake() {
       tokens.wake();
       outbox.wake();
@@ -252,12 +277,32 @@ export function createSwitchingSource(
     get drained() {
       return current().drained === true;
     },
-    take(max) {
-      return current().take(max);
+    async take(max) {
+      const o = offered;
+      if (!o) return current().take(max);
+      offered = null;
+      try {
+        return await outbox.take(Math.min(max, o.count));
+      } finally {
+        o.done();
+      }
     },
     ready(signal) {
+      if (offered) return Promise.resolve();
       const modeSwitch = new Promise<void>((resolve) => (changed = resolve));
-      return Promise.race([current().ready(signal), modeSwitch]).finally(() => (changed = null));
+      const offer = new Promise<void>((resolve) => (waiting = resolve));
+      return Promise.race([current().ready(signal), modeSwitch, offer]).finally(() => {
+        changed = null;
+        waiting = null;
+      });
+    },
+    offer(count, done) {
+      const w = waiting;
+      if (!w || offered || usePostgres() || count <= 0) return false;
+      waiting = null;
+      offered = { count, done };
+      w();
+      return true;
     },
     restartPulls() {
       tokens.restartPulls();
@@ -270,6 +315,9 @@ export function createSwitchingSource(
       outbox.wake();
     },
     async close() {
+      const o = offered;
+      offered = null;
+      o?.done();
       await Promise.all([tokens.close(), outbox.close()]);
     },
   };

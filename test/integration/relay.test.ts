@@ -115,10 +115,13 @@ describe("the outbox row of a new matter", () => {
   });
 });
 
+class Other extends Item {}
+
 describe("the token of a notify that makes a few new matters", () => {
   it("goes out from the notification with the msgID of the relay's own publish, which JetStream drops: one token, one run", async () => {
     const bucket = await env.open("nats", { sweepIntervalMs: 60_000 });
-    const stream = bucket.register("item", Item);
+    const items = bucket.register("item", Item);
+    const others = bucket.register("other", Other);
     const runs: RunEndEvent[] = [];
     (bucket as unknown as BucketInternals).onRunEnd = (e) => void runs.push(e);
     const sql = env.sql();
@@ -127,9 +130,10 @@ describe("the token of a notify that makes a few new matters", () => {
       const published: { subject: string; msgId: string | undefined }[] = [];
       const sub = nc.subscribe(`dmm.${bucket.namespace}.item.>`, { callback: (_err, msg) => void published.push({ subject: msg.subject, msgId: msg.headers?.get("Nats-Msg-Id") }) });
       await nc.flush();
-      const work = stream.work();
+      // This worker runs "other" only, so no runner of "item" could take a's row itself.
+      const workOthers = others.work();
       // Once a first matter ran, the worker listens (it listens before its relay starts).
-      await bucket.notify(Object.assign(new Item(), { id: "warm" }));
+      await bucket.notify(Object.assign(new Other(), { id: "warm" }));
       await waitFor("the first run", () => runs.length === 1);
       await bucket.notify(Object.assign(new Item(), { id: "a" }));
       const subject = tokenSubject(bucket.namespace, "item", "a");
@@ -138,13 +142,51 @@ describe("the token of a notify that makes a few new matters", () => {
       const ids = new Set(published.filter((p) => p.subject === subject).map((p) => p.msgId));
       expect(ids.size).toBe(1);
       expect([...ids][0]).toMatch(new RegExp(`^${bucket.namespace}:\\d+:0:\\d+$`));
-      await waitFor("a's run", () => runs.some((r) => r.identity === "a"));
       await waitFor("the outbox to empty", async () => (await sql`select 1 from dmm.dmm_outbox where namespace = ${bucket.namespace}`).length === 0);
-      // JetStream stored one message per identity: the second publish of a's token was a duplicate.
+      // JetStream stored one message: the second publish of a's token was a duplicate.
       const jsm = await jetstreamManager(nc);
       const info = await jsm.streams.info(streamName(bucket.namespace));
-      expect(info.state.last_seq).toBe(2);
+      expect(info.state.messages).toBe(1);
+      const workItems = items.work();
+      await waitFor("a's run", () => runs.some((r) => r.identity === "a"));
       expect(runs.map((r) => r.identity).sort()).toEqual(["a", "warm"]);
+      sub.unsubscribe();
+      await bucket.close();
+      await Promise.all([workOthers, workItems]);
+    } finally {
+      await nc.close();
+      await sql.close();
+    }
+  });
+
+  it("is not needed when a runner of the kind is idle: the runner takes the outbox row itself, no token is published, one run", async () => {
+    // No relay poll or sweep within the test: only the notification can start the run.
+    const bucket = await env.open("nats", { sweepIntervalMs: 60_000, pollIntervalMs: 60_000 });
+    const stream = bucket.register("item", Item);
+    const runs: RunEndEvent[] = [];
+    (bucket as unknown as BucketInternals).onRunEnd = (e) => void runs.push(e);
+    const sql = env.sql();
+    const nc = await connect({ servers: NATS_URL });
+    try {
+      const published: string[] = [];
+      const sub = nc.subscribe(`dmm.${bucket.namespace}.item.>`, { callback: (_err, msg) => void published.push(msg.subject) });
+      await nc.flush();
+      const work = stream.work();
+      await bucket.notify(Object.assign(new Item(), { id: "warm" }));
+      await waitFor("the first run", () => runs.length === 1);
+      const before = published.length;
+      for (const id of ["a", "b", "c"]) {
+        await bucket.notify(Object.assign(new Item(), { id }));
+        await waitFor(`${id}'s run`, () => runs.some((r) => r.identity === id));
+      }
+      await waitFor("the outbox to empty", async () => (await sql`select 1 from dmm.dmm_outbox where namespace = ${bucket.namespace}`).length === 0);
+      expect(published.slice(before)).toEqual([]);
+      expect(runs.map((r) => [r.identity, r.reason, r.outcome])).toEqual([
+        ["warm", "notify", "ok"],
+        ["a", "notify", "ok"],
+        ["b", "notify", "ok"],
+        ["c", "notify", "ok"],
+      ]);
       sub.unsubscribe();
       await bucket.close();
       await work;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { createTokenSource } from "../../src/worker/sources.js";
+import { createSwitchingSource, createTokenSource } from "../../src/worker/sources.js";
 import type { Token } from "../../src/nats/tokens.js";
 import type { ClaimStatus } from "../../src/store/claim.js";
 import type { Logger } from "../../src/types.js";
@@ -94,3 +94,74 @@ describe("a token source whose queued tokens all turn out idle", () => {
   });
 });
 
+
+describe("a switching source offered announced outbox rows", () => {
+  /** Stand-ins for the two sources: the outbox one records each take's size. */
+  function sources() {
+    const outboxTakes: number[] = [];
+    let tokenReady!: () => void;
+    const tokens = {
+      take: async () => [],
+      ready: () => new Promise<void>((r) => (tokenReady = r)),
+      wake: () => tokenReady?.(),
+      inject() {},
+      restartPulls() {},
+      close: async () => {},
+    };
+    const outbox = {
+      take: async (max: number) => {
+        outboxTakes.push(max);
+        return [];
+      },
+      ready: () => new Promise<void>(() => {}),
+      wake() {},
+      inject() {},
+      close: async () => {},
+    };
+    return { tokens, outbox, outboxTakes };
+  }
+
+  it("accepts them only while its runner waits for tokens, and then takes at most that many from the outbox once", async () => {
+    const { tokens, outbox, outboxTakes } = sources();
+    const source = createSwitchingSource("k", tokens, outbox, () => false);
+    let settled = 0;
+    // Not waiting (the runner is busy): declined, the rows go the token way.
+    expect(source.offer(3, () => settled++)).toBe(false);
+    const waiting = source.ready(new AbortController().signal);
+    expect(source.offer(3, () => settled++)).toBe(true);
+    // One offer at a time.
+    expect(source.offer(2, () => settled++)).toBe(false);
+    await waiting;
+    expect(settled).toBe(0);
+    await source.take(100);
+    expect(outboxTakes).toEqual([3]);
+    expect(settled).toBe(1);
+    // The next take is a token take again.
+    await source.take(100);
+    expect(outboxTakes).toEqual([3]);
+    // A room smaller than the offer bounds the take.
+    const again = source.ready(new AbortController().signal);
+    expect(source.offer(8, () => settled++)).toBe(true);
+    await again;
+    await source.take(2);
+    expect(outboxTakes).toEqual([3, 2]);
+    expect(settled).toBe(2);
+    await source.close();
+  });
+
+  it("declines them while dispatching through Postgres, and settles an offer it will never take when it closes", async () => {
+    const { tokens, outbox, outboxTakes } = sources();
+    let postgres = true;
+    const source = createSwitchingSource("k", tokens, outbox, () => postgres);
+    void source.ready(new AbortController().signal);
+    expect(source.offer(1, () => {})).toBe(false);
+    postgres = false;
+    source.modeChanged();
+    void source.ready(new AbortController().signal);
+    let settled = 0;
+    expect(source.offer(1, () => settled++)).toBe(true);
+    await source.close();
+    expect(settled).toBe(1);
+    expect(outboxTakes).toEqual([]);
+  });
+});
