@@ -98,7 +98,7 @@ export async function claimKeys(
   const result = await rows<ClaimRow>(
     exec,
     sql`select c.ord, c.status, c.cache, c.generation::text, c.attempts, c.epoch::text, c.reason, c.due_in_ms
-        from ${SOFT_COMMIT}, dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${sql.param(identities)}::text[],
+        from ${SOFT_COMMIT}, dmm.claim_keys(${namespace}, ${kind}, ${owner}, ${leaseMs}::int, ${pgArray(identities)}::text[],
           ${given && pgArray(given.map((o) => o?.row))}::bigint[], ${given && pgArray(given.map((o) => o?.bumps))}::integer[]) c`,
   );
   return result.map((r, i) => toStatus(r, { kind, identity: identities[i]! }, owner));

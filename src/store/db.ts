@@ -32,6 +32,12 @@ export const DEFAULT_POOL_SIZE = 10;
 /**
  * Opens dmm's database handle from a URL, a postgres.js client or a Drizzle database built on
  * postgres.js. A client dmm did not create is never ended by dmm.
+ *
+ * The clients dmm creates skip postgres.js's array-type look-up on each new connection
+ * (`fetch_types: false`): postgres.js 3.4 drops that query's promise, so a connection terminated
+ * while it runs (a Postgres restart, `pg_terminate_backend`) became an unhandled rejection that
+ * crashed the worker process (bench/CHAOS.md finding 4). dmm needs no array types from the
+ * driver: it sends arrays as literals (`pgArray`) or JSON, and reads them back as JSON.
  */
 export function openDatabase(input: DatabaseInput, opts: { poolSize?: number; applicationName?: string } = {}): Database {
   if (typeof input === "string") {
@@ -43,6 +49,7 @@ export function openDatabase(input: DatabaseInput, opts: { poolSize?: number; ap
     const client = postgres(input, {
       max: opts.poolSize ?? DEFAULT_POOL_SIZE,
       onnotice: () => {},
+      fetch_types: false,
       connection: { application_name: opts.applicationName ?? "dmm" },
     });
     return wrap(client, true);
@@ -64,7 +71,8 @@ export function openDatabase(input: DatabaseInput, opts: { poolSize?: number; ap
 
 /**
  * The connection settings of `client` (host, port, database, user, password, TLS, …) for
- * another client of dmm's own on the same server, with `overrides` applied.
+ * another client of dmm's own on the same server, with `overrides` applied, and without the
+ * array-type look-up (see openDatabase).
  */
 export function connectionOptions(
   client: postgres.Sql,
@@ -87,6 +95,7 @@ export function connectionOptions(
     ...(overrides.max_lifetime !== undefined ? { max_lifetime: overrides.max_lifetime } : {}),
     ...(overrides.idle_timeout !== undefined ? { idle_timeout: overrides.idle_timeout } : {}),
     onnotice: () => {},
+    fetch_types: false,
   } as postgres.Options<Record<string, never>>;
 }
 

@@ -5,10 +5,11 @@
  */
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import type postgres from "postgres";
+import postgres from "postgres";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { migrate as drizzleMigrate } from "drizzle-orm/postgres-js/migrator";
 import { SchemaVersionError } from "../errors.js";
+import { connectionOptions } from "./db.js";
 
 /** Where the generated and custom migrations ship: `<package>/migrations`. */
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL("../../migrations", import.meta.url));
@@ -33,11 +34,13 @@ export function expectedMigrations(): JournalEntry[] {
 
 /**
  * Brings the database's dmm schema up to this version. Safe to call from many processes at
- * once and when already current. Holds one reserved connection of `client` for the lock while
- * the migration runs on another, so the client needs a pool of at least two.
+ * once and when already current. The lock is held by a connection of its own, with `client`'s
+ * settings, while the migration runs on `client`. (Not `client.reserve()`: postgres.js 3.4.9
+ * never hands out a reserved connection it had to open anew when `fetch_types` is off, as it is
+ * on dmm's own clients.)
  */
 export async function applyMigrations(client: postgres.Sql): Promise<{ applied: number }> {
-  const conn = await client.reserve();
+  const conn = postgres(connectionOptions(client, { max: 1, max_lifetime: 0, idle_timeout: 0, applicationName: "dmm:migrate" }));
   try {
     await conn`select pg_advisory_lock(${LOCK_CLASS}, ${MIGRATE_LOCK})`;
     try {
@@ -53,11 +56,11 @@ export async function applyMigrations(client: postgres.Sql): Promise<{ applied: 
       await conn`select pg_advisory_unlock(${LOCK_CLASS}, ${MIGRATE_LOCK})`;
     }
   } finally {
-    conn.release();
+    await conn.end({ timeout: 5 });
   }
 }
 
-async function appliedCount(conn: postgres.Sql | postgres.ReservedSql): Promise<number> {
+async function appliedCount(conn: postgres.Sql): Promise<number> {
   const exists = await conn`select to_regclass(${`${MIGRATIONS_SCHEMA}.${MIGRATIONS_TABLE}`}) as t`;
   if (!exists[0]?.t) return 0;
   const r = await conn.unsafe(`select count(*)::int as n from "${MIGRATIONS_SCHEMA}"."${MIGRATIONS_TABLE}"`);

@@ -13,7 +13,7 @@ import { hostname } from "node:os";
 import { randomInt } from "node:crypto";
 import postgres from "postgres";
 import { LOCK_CLASS } from "./migrate.js";
-import { connectionOptions } from "./db.js";
+import { connectionOptions, pgArray } from "./db.js";
 
 /** A live worker's session: the connection that holds its advisory lock. */
 export interface WorkerSession {
@@ -76,7 +76,7 @@ export async function registerWorker(client: postgres.Sql, namespace: string, id
         const mine = keys.filter((k) => k.kind === kind);
         const [r] = await conn<{ pid: number; kept: string[] }[]>`
           with x as (
-            select * from unnest(${mine.map((k) => k.identity)}::text[], ${mine.map((k) => String(k.epoch))}::bigint[]) as x(identity, epoch)
+            select * from unnest(${pgArray(mine.map((k) => k.identity))}::text[], ${pgArray(mine.map((k) => k.epoch))}::bigint[]) as x(identity, epoch)
           ), locked as (
             select m.identity from (select identity from x order by identity collate "C") x
             cross join lateral (
@@ -92,7 +92,7 @@ export async function registerWorker(client: postgres.Sql, namespace: string, id
               and m.lease_owner = ${id} and m.lease_epoch = x.epoch and m.lease_until > now()
             returning m.identity
           )
-          select pg_backend_pid() as pid, coalesce((select array_agg(identity) from kept), '{}') as kept`;
+          select pg_backend_pid() as pid, coalesce((select json_agg(identity) from kept), '[]') as kept`;
         backend = r!.pid;
         if (backend !== pid) break;
         const alive = new Set(r!.kept);

@@ -195,6 +195,59 @@ describe("robustness as a least-privileged role", () => {
   });
 });
 
+describe("robustness when a new connection's first queries fail", () => {
+  it("needs no array types from the driver, so no connection dmm opens runs the look-up whose failure postgres.js leaves unhandled", async () => {
+    // postgres.js fetches array types on every new connection and drops that query's promise:
+    // a connection terminated while it runs (a Postgres restart) crashed worker processes with
+    // an unhandled rejection. Here the look-up fails on every connection, deterministically:
+    // the role may not read pg_type in this database.
+    const suffix = randomBytes(4).toString("hex");
+    const database = `${TEST_DB_PREFIX}types${suffix}`;
+    const runtime = `dmm_notypes_${suffix}`;
+    const admin = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (err: unknown) => void unhandled.push(err);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      await admin.unsafe(`create database "${database}"`);
+      await admin.unsafe(`create role "${runtime}" login password 'pw'`);
+      await migrate(urlFor(database));
+      const owner = postgres(urlFor(database), { max: 1, onnotice: () => {} });
+      await owner.unsafe(`grant usage on schema dmm to "${runtime}";
+        grant select, insert, update, delete on dmm.dmm_matter, dmm.dmm_outbox, dmm.dmm_worker to "${runtime}";
+        grant select on dmm.dmm_migrations to "${runtime}"; grant execute on all functions in schema dmm to "${runtime}";
+        revoke select on pg_catalog.pg_type from public;`);
+      await owner.end();
+      const u = new URL(urlFor(database));
+      u.username = runtime;
+      u.password = "pw";
+      // Heartbeats often, so the session connection binds and reads its arrays too.
+      const bucket = await env.open("nats", { database: u.toString(), leaseMs: 1_000, heartbeatMs: 100, logger: memory([]) });
+      const runs = recordRuns(bucket);
+      class Slow {
+        id = "";
+        identity() { return this.id; }
+        async materialize() {
+          await new Promise((r) => setTimeout(r, 300));
+        }
+      }
+      const stream = bucket.register("slow", Slow);
+      const work = stream.work();
+      await bucket.notify(Array.from({ length: 20 }, (_, i) => Object.assign(new Slow(), { id: `s${i}` })));
+      await waitFor("20 runs", () => runs.length === 20, { timeoutMs: 20_000 });
+      expect(runs.map((r) => r.outcome)).toEqual(Array(20).fill("ok"));
+      await bucket.close();
+      await work;
+      expect(unhandled.map((e) => String((e as Error)?.message ?? e))).toEqual([]);
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+      await admin.unsafe(`drop database if exists "${database}" with (force)`);
+      await admin.unsafe(`drop role if exists "${runtime}"`);
+      await admin.end();
+    }
+  });
+});
+
 describe("robustness: the dead-worker check", () => {
   it("reaps a dead worker even while a session in another database holds an advisory lock with its key", async () => {
     const bucket = await env.open("postgres", { ...QUIET, deadWorkerCheckMs: 50 });
