@@ -30,6 +30,37 @@ function recordRuns(bucket: unknown): RunEndEvent[] {
   return events;
 }
 
+/**
+ * Runs `fn` with the URL of a least-privileged role on a fresh migrated database of its own:
+ * the role may use dmm's tables and functions, nothing more; `ownerSql` runs first as the owner.
+ * The database and the role are dropped afterwards.
+ */
+async function asRuntimeRole(tag: string, ownerSql: string, fn: (url: string) => Promise<void>): Promise<void> {
+  const suffix = randomBytes(4).toString("hex");
+  const database = `${TEST_DB_PREFIX}${tag}${suffix}`;
+  const runtime = `dmm_${tag}_${suffix}`;
+  const admin = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
+  try {
+    await admin.unsafe(`create database "${database}"`);
+    await admin.unsafe(`create role "${runtime}" login password 'pw'`);
+    await migrate(urlFor(database));
+    const owner = postgres(urlFor(database), { max: 1, onnotice: () => {} });
+    await owner.unsafe(`grant usage on schema dmm to "${runtime}";
+      grant select, insert, update, delete on dmm.dmm_matter, dmm.dmm_outbox, dmm.dmm_worker to "${runtime}";
+      grant select on dmm.dmm_migrations to "${runtime}"; grant execute on all functions in schema dmm to "${runtime}";
+      ${ownerSql}`);
+    await owner.end();
+    const u = new URL(urlFor(database));
+    u.username = runtime;
+    u.password = "pw";
+    await fn(u.toString());
+  } finally {
+    await admin.unsafe(`drop database if exists "${database}" with (force)`);
+    await admin.unsafe(`drop role if exists "${runtime}"`);
+    await admin.end();
+  }
+}
+
 describe.each(MODES)("robustness with %s dispatch", (mode) => {
   it("records failures whose error text holds NUL or a lone surrogate like any other failure", async () => {
     const lines: string[] = [];
@@ -156,24 +187,9 @@ describe("robustness", () => {
 
 describe("robustness as a least-privileged role", () => {
   it("says once that it may not vacuum or analyze, instead of claiming to analyze on every sweep", async () => {
-    const suffix = randomBytes(4).toString("hex");
-    const database = `${TEST_DB_PREFIX}vac${suffix}`;
-    const runtime = `dmm_runtime_${suffix}`;
-    const admin = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
-    try {
-      await admin.unsafe(`create database "${database}"`);
-      await admin.unsafe(`create role "${runtime}" login password 'pw'`);
-      await migrate(urlFor(database));
-      const owner = postgres(urlFor(database), { max: 1, onnotice: () => {} });
-      await owner.unsafe(`grant usage on schema dmm to "${runtime}";
-        grant select, insert, update, delete on dmm.dmm_matter, dmm.dmm_outbox, dmm.dmm_worker to "${runtime}";
-        grant select on dmm.dmm_migrations to "${runtime}"; grant execute on all functions in schema dmm to "${runtime}";`);
-      await owner.end();
-      const u = new URL(urlFor(database));
-      u.username = runtime;
-      u.password = "pw";
+    await asRuntimeRole("vac", "", async (url) => {
       const lines: string[] = [];
-      const bucket = await env.open("postgres", { ...QUIET, database: u.toString(), sweepIntervalMs: 100, logger: memory(lines) });
+      const bucket = await env.open("postgres", { ...QUIET, database: url, sweepIntervalMs: 100, logger: memory(lines) });
       class Many {
         id = "";
         identity() { return this.id; }
@@ -187,11 +203,7 @@ describe("robustness as a least-privileged role", () => {
       expect(lines.filter((l) => l === "sweep:vacuum:refused")).toHaveLength(1);
       await bucket.close();
       await work;
-    } finally {
-      await admin.unsafe(`drop database if exists "${database}" with (force)`);
-      await admin.unsafe(`drop role if exists "${runtime}"`);
-      await admin.end();
-    }
+    });
   });
 });
 
@@ -200,50 +212,33 @@ describe("robustness when a new connection's first queries fail", () => {
     // postgres.js fetches array types on every new connection and drops that query's promise:
     // a connection terminated while it runs (a Postgres restart) crashed worker processes with
     // an unhandled rejection. Here the look-up fails on every connection, deterministically:
-    // the role may not read pg_type in this database.
-    const suffix = randomBytes(4).toString("hex");
-    const database = `${TEST_DB_PREFIX}types${suffix}`;
-    const runtime = `dmm_notypes_${suffix}`;
-    const admin = postgres(urlFor("postgres"), { max: 1, onnotice: () => {} });
+    // the role may not read pg_type in its database.
     const unhandled: unknown[] = [];
     const onUnhandled = (err: unknown) => void unhandled.push(err);
     process.on("unhandledRejection", onUnhandled);
     try {
-      await admin.unsafe(`create database "${database}"`);
-      await admin.unsafe(`create role "${runtime}" login password 'pw'`);
-      await migrate(urlFor(database));
-      const owner = postgres(urlFor(database), { max: 1, onnotice: () => {} });
-      await owner.unsafe(`grant usage on schema dmm to "${runtime}";
-        grant select, insert, update, delete on dmm.dmm_matter, dmm.dmm_outbox, dmm.dmm_worker to "${runtime}";
-        grant select on dmm.dmm_migrations to "${runtime}"; grant execute on all functions in schema dmm to "${runtime}";
-        revoke select on pg_catalog.pg_type from public;`);
-      await owner.end();
-      const u = new URL(urlFor(database));
-      u.username = runtime;
-      u.password = "pw";
-      // Heartbeats often, so the session connection binds and reads its arrays too.
-      const bucket = await env.open("nats", { database: u.toString(), leaseMs: 1_000, heartbeatMs: 100, logger: memory([]) });
-      const runs = recordRuns(bucket);
-      class Slow {
-        id = "";
-        identity() { return this.id; }
-        async materialize() {
-          await new Promise((r) => setTimeout(r, 300));
+      await asRuntimeRole("notypes", "revoke select on pg_catalog.pg_type from public;", async (url) => {
+        // Heartbeats often, so the session connection binds and reads its arrays too.
+        const bucket = await env.open("nats", { database: url, leaseMs: 1_000, heartbeatMs: 100, logger: memory([]) });
+        const runs = recordRuns(bucket);
+        class Slow {
+          id = "";
+          identity() { return this.id; }
+          async materialize() {
+            await new Promise((r) => setTimeout(r, 300));
+          }
         }
-      }
-      const stream = bucket.register("slow", Slow);
-      const work = stream.work();
-      await bucket.notify(Array.from({ length: 20 }, (_, i) => Object.assign(new Slow(), { id: `s${i}` })));
-      await waitFor("20 runs", () => runs.length === 20, { timeoutMs: 20_000 });
-      expect(runs.map((r) => r.outcome)).toEqual(Array(20).fill("ok"));
-      await bucket.close();
-      await work;
+        const stream = bucket.register("slow", Slow);
+        const work = stream.work();
+        await bucket.notify(Array.from({ length: 20 }, (_, i) => Object.assign(new Slow(), { id: `s${i}` })));
+        await waitFor("20 runs", () => runs.length === 20, { timeoutMs: 20_000 });
+        expect(runs.map((r) => r.outcome)).toEqual(Array(20).fill("ok"));
+        await bucket.close();
+        await work;
+      });
       expect(unhandled.map((e) => String((e as Error)?.message ?? e))).toEqual([]);
     } finally {
       process.off("unhandledRejection", onUnhandled);
-      await admin.unsafe(`drop database if exists "${database}" with (force)`);
-      await admin.unsafe(`drop role if exists "${runtime}"`);
-      await admin.end();
     }
   });
 });
