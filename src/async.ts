@@ -55,20 +55,21 @@ export class Wakeup {
     return this.#pending;
   }
 
-  /** Resolves on the next poke or after `ms` (never, for Infinity); at once if already poked. */
-  wait(ms: number): Promise<void> {
-    if (this.#pending) return Promise.resolve();
+  /**
+   * Resolves on the next poke, after `ms` (never, for Infinity) or when `signal` aborts; at once
+   * if already poked. Leaves no timer behind once resolved.
+   */
+  wait(ms: number, signal?: AbortSignal): Promise<void> {
+    if (this.#pending || signal?.aborted) return Promise.resolve();
     return new Promise<void>((resolve) => {
-      const t = Number.isFinite(ms)
-        ? setTimeout(() => {
-            if (this.#waiter === done) this.#waiter = null;
-            resolve();
-          }, ms)
-        : undefined;
+      const t = Number.isFinite(ms) ? setTimeout(() => done(), ms) : undefined;
       const done = () => {
         clearTimeout(t);
+        signal?.removeEventListener("abort", done);
+        if (this.#waiter === done) this.#waiter = null;
         resolve();
       };
+      signal?.addEventListener("abort", done, { once: true });
       this.#waiter = done;
     });
   }

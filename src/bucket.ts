@@ -584,9 +584,11 @@ class BucketImpl implements Bucket, BucketInternals {
   }
 
   /**
-   * One offered take settled. The relay's wake-up for the same commit (dmm_outbox arrives right
-   * after dmm_outbox_rows) waited for it: a round started at once would mostly take the very rows
-   * the runner is about to claim, mark them in flight and publish their tokens after all.
+   * One offered take settled. The relay's wake-up for the same commit (dmm_outbox normally
+   * arrives right after dmm_outbox_rows) waited for it: a round started at once would mostly
+   * take the very rows the runner is about to claim, mark them in flight and publish their tokens
+   * after all. (A transaction of several notify statements may deliver its one dmm_outbox first,
+   * Postgres folding the repeats: then the round and the take race, which costs a round.)
    */
   #directTakeSettled(): void {
     if (--this.#directTakes > 0) return;

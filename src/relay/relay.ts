@@ -53,7 +53,7 @@ export function startRelay(deps: RelayDeps): Relay {
       }
       if (again || wakeup.pending) continue;
       const wait = next === null ? deps.pollIntervalMs : Math.min(deps.pollIntervalMs, Math.max(1, next));
-      await untilAborted(wakeup.wait(wait), stopper.signal);
+      await untilAborted(wakeup.wait(wait, stopper.signal), stopper.signal);
     }
   })();
   return {

@@ -5,11 +5,10 @@
  */
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import postgres from "postgres";
+import type postgres from "postgres";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { migrate as drizzleMigrate } from "drizzle-orm/postgres-js/migrator";
 import { SchemaVersionError } from "../errors.js";
-import { connectionOptions } from "./db.js";
 
 /** Where the generated and custom migrations ship: `<package>/migrations`. */
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL("../../migrations", import.meta.url));
@@ -34,30 +33,24 @@ export function expectedMigrations(): JournalEntry[] {
 
 /**
  * Brings the database's dmm schema up to this version. Safe to call from many processes at
- * once and when already current. The lock is held by a connection of its own, with `client`'s
- * settings, while the migration runs on `client`. (Not `client.reserve()`: postgres.js 3.4.9
- * never hands out a reserved connection it had to open anew when `fetch_types` is off, as it is
- * on dmm's own clients.)
+ * once and when already current. One connection of `client` holds the lock in a transaction
+ * (ended with it, also when the process dies) while the migration runs on another, so the
+ * client needs a pool of at least two. (A transaction rather than `client.reserve()`:
+ * postgres.js 3.4.9 never hands out a reserved connection it had to open anew when
+ * `fetch_types` is off, as it is on dmm's own clients.)
  */
 export async function applyMigrations(client: postgres.Sql): Promise<{ applied: number }> {
-  const conn = postgres(connectionOptions(client, { max: 1, max_lifetime: 0, idle_timeout: 0, applicationName: "dmm:migrate" }));
-  try {
-    await conn`select pg_advisory_lock(${LOCK_CLASS}, ${MIGRATE_LOCK})`;
-    try {
-      const before = await appliedCount(conn);
-      // The lock session serializes migrators; the migration itself runs on the pool.
-      await drizzleMigrate(drizzle(client), {
-        migrationsFolder: MIGRATIONS_FOLDER,
-        migrationsSchema: MIGRATIONS_SCHEMA,
-        migrationsTable: MIGRATIONS_TABLE,
-      });
-      return { applied: (await appliedCount(conn)) - before };
-    } finally {
-      await conn`select pg_advisory_unlock(${LOCK_CLASS}, ${MIGRATE_LOCK})`;
-    }
-  } finally {
-    await conn.end({ timeout: 5 });
-  }
+  return (await client.begin(async (lock) => {
+    await lock`select pg_advisory_xact_lock(${LOCK_CLASS}, ${MIGRATE_LOCK})`;
+    // Counted on the pool: the lock's transaction may see one snapshot throughout.
+    const before = await appliedCount(client);
+    await drizzleMigrate(drizzle(client), {
+      migrationsFolder: MIGRATIONS_FOLDER,
+      migrationsSchema: MIGRATIONS_SCHEMA,
+      migrationsTable: MIGRATIONS_TABLE,
+    });
+    return { applied: (await appliedCount(client)) - before };
+  })) as { applied: number };
 }
 
 async function appliedCount(conn: postgres.Sql): Promise<number> {

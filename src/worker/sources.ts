@@ -13,6 +13,9 @@ import { sleep, Wakeup } from "../async.js";
 /** How long a re-tried token waits when its matter row was locked by a committing notify. */
 const BUSY_RETRY_MS = 25;
 
+/** How long an offer (SwitchingSource.offer) waits for the runner's take before it lapses. */
+export const OFFER_TTL_MS = 50;
+
 /** A source that can be woken from outside (LISTEN, a timer). */
 export interface WakeableSource extends Source {
   wake(): void;
@@ -162,15 +165,17 @@ export function createTokenSource(deps: TokenSourceDeps): WakeableSource & { res
       // for this wait's end (expiresMs; traced after a burst of notifies: final runs 4-5 s late).
       if (!stopper.signal.aborted) topUp();
       return new Promise<void>((resolve) => {
-        // Re-check now and then even without news: a belt to the pulls' braces.
-        const t = setTimeout(() => {
-          if (waiter === done) waiter = null;
-          resolve();
-        }, deps.expiresMs);
+        // Re-check now and then even without news: a belt to the pulls' braces. An aborted
+        // wait (the runner stops, or a switching source's wait ended another way) ends at once
+        // and leaves no timer behind.
+        const t = setTimeout(() => done(), deps.expiresMs);
         const done = () => {
           clearTimeout(t);
+          signal.removeEventListener("abort", done);
+          if (waiter === done) waiter = null;
           resolve();
         };
+        signal.addEventListener("abort", done, { once: true });
         waiter = done;
       });
     },
@@ -220,7 +225,7 @@ export function createOutboxSource(deps: OutboxSourceDeps): WakeableSource {
     async ready(signal) {
       if (more || wakeup.pending || signal.aborted) return;
       const wait = next === null ? deps.pollIntervalMs : Math.min(deps.pollIntervalMs, Math.max(1, next));
-      await wakeup.wait(wait);
+      await wakeup.wait(wait, signal);
     },
     async close() {
       wakeup.wake();
@@ -236,12 +241,15 @@ export interface SwitchingSource extends WakeableSource {
   restartPulls(): void;
   /**
    * `count` new outbox rows of this kind were just committed (a small notify announces them on
-   * `dmm_outbox_rows`, migration 0018). A runner that waits for tokens with nothing to run
-   * takes up to `count` available outbox rows of its kind itself on its next take
+   * `dmm_outbox_rows`, migration 0018). A runner waiting for tokens (its last take found none;
+   * it may have runs in flight) takes up to `count` available outbox rows of its kind itself on
+   * its next take
    * (`dmm.take_and_claim`, as Postgres-only dispatch does) instead of waiting for their tokens:
    * from commit to run that skips the publish to NATS and the delivery back, two of the five
    * process hops. Returns false when the runner is not waiting (the rows go the token way, as
-   * before). `done` is called once that take settled, or when it will not happen (closing).
+   * before). `done` is called once that take settled, or when it will not happen: closing, or
+   * no take within OFFER_TTL_MS (the runner found its room full after all, e.g. its prefetch
+   * depth fell while it waited); the rows are then the relay's.
    */
   offer(count: number, done: () => void): boolean;
 }
@@ -250,9 +258,10 @@ export interface SwitchingSource extends WakeableSource {
  * Dispatch that follows the bucket's NATS health: tokens while JetStream is reachable, the
  * Postgres outbox while it is not (`usePostgres()` true). Both claim through the same fenced
  * statements, so switching mid-flight is safe; tokens left in the stream are claimed (or acked
- * as idle) once NATS is back. An idle runner also takes announced rows from the outbox directly
- * (`offer`); a token published for such a row anyway (by a busy worker, or a relay round that
- * took the row first) finds its matter leased or done, and is acked as idle.
+ * as idle) once NATS is back. A waiting runner also takes announced rows from the outbox
+ * directly (`offer`); a token another worker published early for such a row finds its matter
+ * leased or done and is acked as idle, and a row a relay round took first (in flight) is not
+ * taken: its token dispatches it as before.
  */
 export function createSwitchingSource(
   kind: string,
@@ -263,7 +272,17 @@ export function createSwitchingSource(
   let changed: (() => void) | null = null;
   // While the runner waits in ready(): accepting an offer resolves that wait.
   let waiting: (() => void) | null = null;
-  let offered: { count: number; done: () => void } | null = null;
+  // The offer accepted and not yet taken; `done` is called exactly once, by whichever of the
+  // take, the expiry and close comes first.
+  type Offer = { count: number; done: (() => void) | null; expiry: NodeJS.Timeout };
+  let offered: Offer | null = null;
+  const settle = (o: Offer) => {
+    if (offered === o) offered = null;
+    clearTimeout(o.expiry);
+    const done = o.done;
+    o.done = null;
+    done?.();
+  };
   const current = () => (usePostgres() ? outbox : tokens);
   return {
     kind,
@@ -281,17 +300,21 @@ export function createSwitchingSource(
       const o = offered;
       if (!o) return current().take(max);
       offered = null;
+      clearTimeout(o.expiry);
       try {
         return await outbox.take(Math.min(max, o.count));
       } finally {
-        o.done();
+        settle(o);
       }
     },
     ready(signal) {
       if (offered) return Promise.resolve();
       const modeSwitch = new Promise<void>((resolve) => (changed = resolve));
       const offer = new Promise<void>((resolve) => (waiting = resolve));
-      return Promise.race([current().ready(signal), modeSwitch, offer]).finally(() => {
+      // The inner wait is ended with the race, so its timer does not outlive it.
+      const ended = new AbortController();
+      return Promise.race([current().ready(AbortSignal.any([signal, ended.signal])), modeSwitch, offer]).finally(() => {
+        ended.abort();
         changed = null;
         waiting = null;
       });
@@ -300,7 +323,8 @@ export function createSwitchingSource(
       const w = waiting;
       if (!w || offered || usePostgres() || count <= 0) return false;
       waiting = null;
-      offered = { count, done };
+      const o: Offer = { count, done, expiry: setTimeout(() => settle(o), OFFER_TTL_MS) };
+      offered = o;
       w();
       return true;
     },
@@ -315,9 +339,7 @@ export function createSwitchingSource(
       outbox.wake();
     },
     async close() {
-      const o = offered;
-      offered = null;
-      o?.done();
+      if (offered) settle(offered);
       await Promise.all([tokens.close(), outbox.close()]);
     },
   };

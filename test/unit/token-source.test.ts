@@ -1,5 +1,5 @@
-import { describe, expect, it } from "vitest";
-import { createSwitchingSource, createTokenSource } from "../../src/worker/sources.js";
+import { describe, expect, it, vi } from "vitest";
+import { createSwitchingSource, createTokenSource, OFFER_TTL_MS } from "../../src/worker/sources.js";
 import type { Token } from "../../src/nats/tokens.js";
 import type { ClaimStatus } from "../../src/store/claim.js";
 import type { Logger } from "../../src/types.js";
@@ -163,5 +163,78 @@ describe("a switching source offered announced outbox rows", () => {
     await source.close();
     expect(settled).toBe(1);
     expect(outboxTakes).toEqual([]);
+  });
+});
+
+describe("a switching source's offer that its runner does not take up", () => {
+  it("lapses after OFFER_TTL_MS, settles once even when the take comes later, and leaves the next take to tokens", async () => {
+    vi.useFakeTimers();
+    try {
+      const outboxTakes: number[] = [];
+      let finishTake!: () => void;
+      const tokens = { take: async () => [], ready: () => new Promise<void>(() => {}), wake() {}, inject() {}, restartPulls() {}, close: async () => {} };
+      const outbox = {
+        take: (max: number) => {
+          outboxTakes.push(max);
+          return new Promise<never[]>((r) => (finishTake = () => r([])));
+        },
+        ready: () => new Promise<void>(() => {}),
+        wake() {},
+        inject() {},
+        close: async () => {},
+      };
+      const source = createSwitchingSource("k", tokens, outbox, () => false);
+      let settled = 0;
+      void source.ready(new AbortController().signal);
+      expect(source.offer(2, () => settled++)).toBe(true);
+      await vi.advanceTimersByTimeAsync(OFFER_TTL_MS);
+      expect(settled).toBe(1);
+      // The runner's take after the lapse is a token take.
+      await source.take(10);
+      expect(outboxTakes).toEqual([]);
+      // A take that outlasts the TTL settles its offer once, when it ends.
+      void source.ready(new AbortController().signal);
+      expect(source.offer(2, () => settled++)).toBe(true);
+      const taking = source.take(10);
+      await vi.advanceTimersByTimeAsync(OFFER_TTL_MS * 3);
+      expect(settled).toBe(1);
+      finishTake();
+      await taking;
+      expect(settled).toBe(2);
+      expect(outboxTakes).toEqual([2]);
+      await source.close();
+      expect(settled).toBe(2);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("ends the token source's wait with its own, so no pull-expiry timer outlives an offer", async () => {
+    vi.useFakeTimers();
+    try {
+      const tokens = createTokenSource({
+        kind: "k",
+        log: silent,
+        expiresMs: 60_000,
+        async *fetch(_max, _expiresMs, signal) {
+          await new Promise<void>((resolve) => signal?.addEventListener("abort", () => resolve(), { once: true }));
+        },
+        claim: async () => [],
+      });
+      const outbox = { take: async () => [], ready: () => new Promise<void>(() => {}), wake() {}, inject() {}, close: async () => {} };
+      const source = createSwitchingSource("k", tokens, outbox, () => false);
+      const pulls = vi.getTimerCount();
+      for (let i = 0; i < 5; i++) {
+        const waiting = source.ready(new AbortController().signal);
+        expect(source.offer(1, () => {})).toBe(true);
+        await waiting;
+        await source.take(10);
+      }
+      // Only the pull's own give-up timer (one pull out) is left, not one wait timer per offer.
+      expect(vi.getTimerCount()).toBeLessThanOrEqual(pulls + 1);
+      await source.close();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
