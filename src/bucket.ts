@@ -561,12 +561,14 @@ class BucketImpl implements Bucket, BucketInternals {
     }
     if (rows.length === 0) return;
     // An idle runner of the kind takes its rows itself; the rest get their tokens at once.
+    const perKind = new Map<string, number>();
+    for (const r of rows) perKind.set(r.kind, (perKind.get(r.kind) ?? 0) + 1);
     const offered = new Set<string>();
-    for (const kind of new Set(rows.map((r) => r.kind))) {
+    for (const [kind, count] of perKind) {
       for (const source of this.#switching) {
         if (source.kind !== kind) continue;
         this.#directTakes++;
-        if (source.offer(rows.filter((r) => r.kind === kind).length, () => this.#directTakeSettled())) {
+        if (source.offer(count, () => this.#directTakeSettled())) {
           offered.add(kind);
           break;
         }

@@ -16,7 +16,7 @@ import { NATS_URL, TEST_DB_PREFIX, urlFor } from "../harness/env.js";
 import { randomBytes } from "node:crypto";
 import { migrate } from "../../src/bucket.js";
 import { MODES, useTestEnvironment } from "../harness/setup.js";
-import { waitFor } from "../harness/wait.js";
+import { deferred, waitFor } from "../harness/wait.js";
 
 const env = useTestEnvironment();
 const QUIET = { leaseMs: 120_000, heartbeatMs: 60_000 };
@@ -221,16 +221,28 @@ describe("robustness when a new connection's first queries fail", () => {
         // Heartbeats often, so the session connection binds and reads its arrays too.
         const bucket = await env.open("nats", { database: url, leaseMs: 1_000, heartbeatMs: 100, logger: memory([]) });
         const runs = recordRuns(bucket);
-        class Slow {
+        // Runs hold until a heartbeat has extended their leases (its arrays went through).
+        const gate = deferred();
+        let started = 0;
+        class Held {
           id = "";
           identity() { return this.id; }
           async materialize() {
-            await new Promise((r) => setTimeout(r, 300));
+            started++;
+            await gate.promise;
           }
         }
-        const stream = bucket.register("slow", Slow);
+        const stream = bucket.register("held", Held);
         const work = stream.work();
-        await bucket.notify(Array.from({ length: 20 }, (_, i) => Object.assign(new Slow(), { id: `s${i}` })));
+        await bucket.notify(Array.from({ length: 20 }, (_, i) => Object.assign(new Held(), { id: `s${i}` })));
+        await waitFor("runs to start", () => started > 0);
+        const sql = postgres(url, { max: 1, onnotice: () => {}, fetch_types: false });
+        const leaseOf = async () =>
+          (await sql`select lease_until from dmm.dmm_matter where namespace = ${bucket.namespace} and lease_owner is not null order by identity limit 1`)[0]?.lease_until as Date | undefined;
+        const first = await leaseOf();
+        await waitFor("a heartbeat to extend the lease", async () => ((await leaseOf())?.getTime() ?? 0) > (first?.getTime() ?? Infinity));
+        await sql.end();
+        gate.resolve();
         await waitFor("20 runs", () => runs.length === 20, { timeoutMs: 20_000 });
         expect(runs.map((r) => r.outcome)).toEqual(Array(20).fill("ok"));
         await bucket.close();
