@@ -13,7 +13,9 @@ import type { RunEndEvent } from "../../src/worker/engine.js";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { streamName, tokenSubject } from "../../src/nats/subjects.js";
-import { NATS_URL } from "../harness/env.js";
+import postgres from "postgres";
+import { NATS_URL, TEMPLATE_DB } from "../harness/env.js";
+import { withScratchDatabase } from "../harness/scratch-db.js";
 import { useTestEnvironment } from "../harness/setup.js";
 import { waitFor } from "../harness/wait.js";
 
@@ -97,7 +99,7 @@ describe("a relay round (relayOutbox)", () => {
 });
 
 describe("the outbox row of a new matter", () => {
-  it("is inserted once per new identity, and a row left behind by a deleted matter is bumped, not duplicated", async () => {
+  it("is inserted once per new identity, and a deleted matter takes its pending row along, even one in flight at a relay", async () => {
     const sql = env.sql();
     const db = drizzle(sql);
     const ns = env.namespace();
@@ -105,13 +107,33 @@ describe("the outbox row of a new matter", () => {
     const first = await sql`select identity, id::int, bumps from dmm.dmm_outbox where namespace = ${ns} order by identity`;
     expect(first.map((r) => [r.identity, r.bumps])).toEqual([["a", 0], ["b", 0]]);
     // The app deletes matter "a" while its row is being published by a relay.
-    await sql`delete from dmm.dmm_matter where namespace = ${ns} and identity = 'a'`;
     await sql`update dmm.dmm_outbox set relay_until = now() + interval '1 hour' where namespace = ${ns} and identity = 'a'`;
+    await sql`delete from dmm.dmm_matter where namespace = ${ns} and identity = 'a'`;
+    expect((await sql`select identity from dmm.dmm_outbox where namespace = ${ns}`).map((r) => r.identity)).toEqual(["b"]);
+    // Notified again, "a" is a new matter with a new row (the insert does not look for an old one).
     await notifyMatters(db, ns, ["a", "c"].map((identity) => ({ kind: "k", identity, cache: "{}" })));
     const after = await sql`select identity, id::int, bumps, relay_until from dmm.dmm_outbox where namespace = ${ns} order by identity`;
-    expect(after.map((r) => [r.identity, r.bumps, r.relay_until])).toEqual([["a", 1, null], ["b", 0, null], ["c", 0, null]]);
-    expect(after[0]!.id).toBe(first[0]!.id);
+    expect(after.map((r) => [r.identity, r.bumps, r.relay_until])).toEqual([["a", 0, null], ["b", 0, null], ["c", 0, null]]);
+    expect(after[0]!.id).toBeGreaterThan(first[1]!.id);
     await sql.close();
+  });
+
+  it("goes with the matters when they are truncated, so notifying them again works", async () => {
+    // A database of its own: the truncate takes every namespace's matters.
+    await withScratchDatabase("truncate", `template "${TEMPLATE_DB}"`, async (url) => {
+      const sql = postgres(url, { max: 1, onnotice: () => {} });
+      const db = drizzle(sql);
+      const keys = ["a", "b"].map((identity) => ({ kind: "k", identity, cache: "{}" }));
+      try {
+        await notifyMatters(db, "ns", keys);
+        await sql`truncate dmm.dmm_matter`;
+        expect(await sql`select identity from dmm.dmm_outbox`).toHaveLength(0);
+        await notifyMatters(db, "ns", keys);
+        expect((await sql`select identity from dmm.dmm_outbox order by identity`).map((r) => r.identity)).toEqual(["a", "b"]);
+      } finally {
+        await sql.end();
+      }
+    });
   });
 });
 
