@@ -101,9 +101,12 @@ export const dmmOutbox = dmmSchema.table(
     /**
      * One row per identity (every upsert of the outbox goes through it; the relay finds its rows
      * again by row version). No index on `id` alone: an index fewer to write for every notify of
-     * an identity that is not pending yet.
+     * an identity that is not pending yet. Identity first (migration 0020): the outbox is only
+     * ever looked up by whole key, never listed in key order, and with the identity first most
+     * comparisons of a descent end at the first column instead of going through namespace and
+     * kind, which are the same for every row of a kind.
      */
-    primaryKey({ name: "dmm_outbox_pkey", columns: [t.namespace, t.kind, t.identity] }),
+    primaryKey({ name: "dmm_outbox_pkey", columns: [t.identity, t.kind, t.namespace] }),
     /**
      * Takes go kind by kind, oldest first: an ordered scan, never a sort. Partial on a predicate
      * that always holds (`available_at > '-infinity'`), so that only queries that state it (every

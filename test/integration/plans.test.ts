@@ -80,7 +80,7 @@ describe("a take first planned on a large outbox without statistics", () => {
 });
 
 describe("a notify first planned on an outbox that statistics call empty", () => {
-  it("looks up one outbox primary-key entry per new matter, however large the outbox has grown", async () => {
+  it("reads at most one outbox key entry per new matter, however large the outbox has grown", async () => {
     await withFreshDatabase(async (sql) => {
       const db = drizzle(sql);
       const ns = "plans";
