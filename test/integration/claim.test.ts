@@ -21,6 +21,16 @@ describe("claimKeys", () => {
     expect(row!.epoch).toBe(1);
     await sql.close();
   });
+
+  it("gives one lease even when the SQL function itself is asked for a key twice (the caller deduplicates first)", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    await notifyMatters(db, ns, [{ kind: "k", identity: "a", cache: "{}" }]);
+    const rows = await sql`select c.ord, c.status, c.epoch::int as epoch from dmm.claim_keys(${ns}, 'k', 'owner-1', 30000, ${pgArray(["a", "a"])}::text[]) c`;
+    expect(rows.map((r) => [r.ord, r.status, r.epoch])).toEqual([[0, "claimed", 1], [1, "idle", null]]);
+    await sql.close();
+  });
 });
 
 describe("claimKeys for a batch token's identities", () => {
