@@ -52,7 +52,7 @@ interface ClaimRow {
   due_in_ms: number | null;
 }
 
-/** The claimable condition of the sweep; `dmm.take_and_claim` and `dmm.claim_keys` (migration 0003) spell the same. */
+/** The claimable condition of the sweep; the lease stamps of `dmm.take_and_claim` and `dmm.claim_keys` (migrations 0021, 0022) spell the same. */
 export const CLAIMABLE = sql.raw(
   `(m.lease_owner is null or m.lease_until < now())
    and (case when m.due_at is null then m.generation > m.observed_generation else m.due_at <= now() end)`,
