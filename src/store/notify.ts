@@ -1,9 +1,11 @@
 /**
  * Notify and touch: upsert matters and bump their generation, in the caller's transaction when
- * one is given. The outbox trigger on dmm_matter enqueues them in that same transaction.
+ * one is given, and enqueue them on the outbox in that same transaction (new matters by the
+ * insert trigger, bumped ones by `dmm.notify_matters` itself; other writers of a generation by
+ * the update trigger).
  */
 import { sql } from "drizzle-orm";
-import { jsonParam, rows, type Executor } from "./db.js";
+import { jsonParam, pgArray, rows, type Executor } from "./db.js";
 
 /** One notify: a matter's identity and the JSON text of its new cache. */
 export interface NotifyItem {
@@ -34,38 +36,27 @@ export interface TouchItem {
  */
 export async function notifyMatters(exec: Executor, namespace: string, items: NotifyItem[]): Promise<void> {
   if (items.length === 0) return;
-  // Each cache is JSON text from encodeCache already: spliced in as it is, not parsed and
-  // stringified again.
-  const list = `[${dedupe(items)
-    .map((i) => `{"kind":${JSON.stringify(i.kind)},"identity":${JSON.stringify(i.identity)},"cache":${i.cache}}`)
-    .join(",")}]`;
-  await rows(
-    exec,
-    sql`insert into dmm.dmm_matter as m (namespace, kind, identity, cache, dispatched_at)
-        select ${namespace}::text, x.kind, x.identity, x.cache, now()
-        from jsonb_to_recordset(${list}::jsonb) as x(kind text, identity text, cache jsonb)
-        order by x.kind collate "C", x.identity collate "C"
-        on conflict (namespace, kind, identity) do update set
-          cache = excluded.cache,
-          generation = m.generation + 1,
-          parked = false, due_at = null, due_reason = null,
-          dispatched_at = now(), updated_at = now()`,
-  );
+  await upsertMatters(exec, namespace, dedupe(items), false);
 }
 
 /** Bumps the generations of `items`, keeping their caches; a missing matter starts with `{}`. */
 export async function touchMatters(exec: Executor, namespace: string, items: TouchItem[]): Promise<void> {
   if (items.length === 0) return;
+  await upsertMatters(exec, namespace, dedupe(items), true);
+}
+
+/**
+ * One call of `dmm.notify_matters` (migration 0023): the upsert, then the outbox rows of the
+ * matters it bumped in one statement (new matters get theirs from the insert trigger). Kinds,
+ * identities and caches go as text arrays; each cache, JSON text from encodeCache already, is
+ * parsed once, into the column's jsonb. `touch` keeps existing caches.
+ */
+async function upsertMatters(exec: Executor, namespace: string, items: (NotifyItem | TouchItem)[], touch: boolean): Promise<void> {
   await rows(
     exec,
-    sql`insert into dmm.dmm_matter as m (namespace, kind, identity, dispatched_at)
-        select ${namespace}::text, x.kind, x.identity, now()
-        from jsonb_to_recordset(${jsonParam(dedupe(items))}) as x(kind text, identity text)
-        order by x.kind collate "C", x.identity collate "C"
-        on conflict (namespace, kind, identity) do update set
-          generation = m.generation + 1,
-          parked = false, due_at = null, due_reason = null,
-          dispatched_at = now(), updated_at = now()`,
+    sql`select dmm.notify_matters(${namespace}::text, ${pgArray(items.map((i) => i.kind))}::text[],
+          ${pgArray(items.map((i) => i.identity))}::text[],
+          ${pgArray(items.map((i) => ("cache" in i ? i.cache : undefined)))}::text[], ${touch}::boolean)`,
   );
 }
 

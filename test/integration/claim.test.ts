@@ -224,7 +224,7 @@ describe("rows", () => {
     await takeAndClaim(db, ns, "owner-1", 30_000, "k", 10);
     await takeAndClaim(db, ns, "owner-1", 30_000, "k", 10);
     const prepared = await sql<{ statement: string }[]>`select statement from pg_prepared_statements`;
-    expect(prepared.filter((p) => p.statement.includes("insert into dmm.dmm_matter"))).toHaveLength(1);
+    expect(prepared.filter((p) => p.statement.includes("dmm.notify_matters("))).toHaveLength(1);
     expect(prepared.filter((p) => p.statement.includes("dmm.take_and_claim("))).toHaveLength(1);
     await sql.close();
   });

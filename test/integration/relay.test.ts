@@ -6,7 +6,8 @@
  */
 import { describe, expect, it } from "vitest";
 import { drizzle } from "drizzle-orm/postgres-js";
-import { notifyMatters, relayOutbox } from "../../src/store/index.js";
+import { sql as dsql } from "drizzle-orm";
+import { notifyMatters, relayOutbox, touchMatters } from "../../src/store/index.js";
 import type { BucketInternals } from "../../src/bucket.js";
 import type { Context } from "../../src/types.js";
 import type { RunEndEvent } from "../../src/worker/engine.js";
@@ -115,6 +116,31 @@ describe("the outbox row of a new matter", () => {
     const after = await sql`select identity, id::int, bumps, relay_until from dmm.dmm_outbox where namespace = ${ns} order by identity`;
     expect(after.map((r) => [r.identity, r.bumps, r.relay_until])).toEqual([["a", 0, null], ["b", 0, null], ["c", 0, null]]);
     expect(after[0]!.id).toBeGreaterThan(first[1]!.id);
+    await sql.close();
+  });
+
+  it("is inserted or bumped by dmm's notify of an existing matter in one statement, while an app's own generation bump in the same transaction still goes through the row trigger", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    const outbox = async () =>
+      (await sql`select identity, bumps from dmm.dmm_outbox where namespace = ${ns} order by identity`).map((r) => [r.identity, r.bumps]);
+    await notifyMatters(db, ns, ["a", "b"].map((identity) => ({ kind: "k", identity, cache: "{}" })));
+    await sql`delete from dmm.dmm_outbox where namespace = ${ns}`;
+    // Existing matters, nothing pending: dmm.notify_matters makes their rows (migration 0023).
+    await notifyMatters(db, ns, ["a", "b"].map((identity) => ({ kind: "k", identity, cache: '{"v":2}' })));
+    expect(await outbox()).toEqual([["a", 0], ["b", 0]]);
+    await touchMatters(db, ns, [{ kind: "k", identity: "a" }]);
+    expect(await outbox()).toEqual([["a", 1], ["b", 0]]);
+    const [cached] = await sql`select cache from dmm.dmm_matter where namespace = ${ns} and identity = 'a'`;
+    expect(cached!.cache).toEqual({ v: 2 });
+    await db.transaction(async (tx) => {
+      await notifyMatters(tx, ns, [{ kind: "k", identity: "b", cache: "{}" }]);
+      const [setting] = await tx.execute<{ v: string | null }>(dsql`select current_setting('dmm.enqueuing', true) as v`);
+      expect(setting!.v).not.toBe("on");
+      await tx.execute(dsql`update dmm.dmm_matter set generation = generation + 1 where namespace = ${ns} and identity = 'a'`);
+    });
+    expect(await outbox()).toEqual([["a", 2], ["b", 1]]);
     await sql.close();
   });
 
