@@ -60,7 +60,7 @@ BEGIN
   ORDER BY n."namespace", n."kind", n."identity";
   GET DIAGNOSTICS v_added = ROW_COUNT;
   -- The rows this statement made, for a head start (dmm_outbox_rows, see 0018).
-  IF v_added <= 8 THEN
+  IF v_added > 0 AND v_added <= 8 THEN
     SELECT json_agg(json_build_array(o."namespace", o."kind", o."identity", o."id", o."bumps",
                                      (extract(epoch FROM o."created_at") * 1000000)::bigint::text))::text
     INTO v_rows
