@@ -132,16 +132,25 @@ function ticksToUs(ticks: number): number {
 export async function postgresCpuUs(admin: postgres.Sql): Promise<number | null> {
   const pm = await findPostmaster(admin);
   if (pm === null) return null;
-  const own = statFields(pm);
-  if (!own) return null;
-  // Fields after the name start at field 3 (state): utime is field 14 → index 11.
-  let ticks = Number(own[11]) + Number(own[12]) + Number(own[13]) + Number(own[14]);
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    const fields = statFields(Number(entry));
-    if (fields && Number(fields[1]) === pm) ticks += Number(fields[11]) + Number(fields[12]);
+  // A child reaped between reading the postmaster and reading the child would be in neither
+  // sum (a connection closed right before the final snapshot: a whole backend's work lost), so
+  // the scan is repeated until the postmaster's reaped-children time did not move during it.
+  for (let attempt = 0; ; attempt++) {
+    const own = statFields(pm);
+    if (!own) return null;
+    // Fields after the name start at field 3 (state): utime is field 14 → index 11.
+    const reaped = Number(own[13]) + Number(own[14]);
+    let ticks = Number(own[11]) + Number(own[12]) + reaped;
+    for (const entry of readdirSync("/proc")) {
+      if (!/^\d+$/.test(entry)) continue;
+      const fields = statFields(Number(entry));
+      if (fields && Number(fields[1]) === pm) ticks += Number(fields[11]) + Number(fields[12]);
+    }
+    const again = statFields(pm);
+    if (!again) return null;
+    if (Number(again[13]) + Number(again[14]) === reaped || attempt >= 20) return ticksToUs(ticks);
+    await sleep(5);
   }
-  return ticksToUs(ticks);
 }
 
 /**
