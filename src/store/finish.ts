@@ -92,22 +92,24 @@ export async function finishRuns(
 /** Finishes runs of one kind in one statement. */
 async function finishStatement(exec: Executor, namespace: string, items: FinishItem[]): Promise<FinishResult[]> {
   const kind = items[0]!.kind;
-  // The common fields go as arrays (migration 0016); only runs with more to say (a cache to
-  // save, an error, a due time) get an entry in the JSON details, put together by hand so that
-  // each cache, already JSON text from encodeCache, is spliced in as it is. A run that left its
-  // cache as it found it sends neither cache nor base (the row keeps its cache).
-  const details: string[] = [];
-  items.forEach((i, ord) => {
-    if (i.cache === null && i.error === null && i.dueInMs === null && i.dueReason === null) return;
-    const head = JSON.stringify({ ord, error: i.error, due_ms: i.dueInMs, due_reason: i.dueReason });
-    details.push(i.cache === null ? head : `${head.slice(0, -1)},"cache":${i.cache},"base":${JSON.stringify(i.base)}}`);
+  // The common fields go as arrays (migration 0016); the rest (a cache to save, an error, a due
+  // time) as JSON details aligned with them, one object per run ({} for a run with nothing more
+  // to say), or [] when no run has any (migration 0024). The JSON is put together by hand so
+  // that each cache, already JSON text from encodeCache, is spliced in as it is. A run that left
+  // its cache as it found it sends neither cache nor base (the row keeps its cache).
+  let anyDetails = false;
+  const details = items.map((i) => {
+    if (i.cache === null && i.error === null && i.dueInMs === null && i.dueReason === null) return "{}";
+    anyDetails = true;
+    const head = JSON.stringify({ error: i.error, due_ms: i.dueInMs, due_reason: i.dueReason });
+    return i.cache === null ? head : `${head.slice(0, -1)},"cache":${i.cache},"base":${JSON.stringify(i.base)}}`;
   });
   const done = await rows<{ ord: number; dirty: boolean }>(
     exec,
     sql`select f.ord, f.dirty from dmm.finish_runs(${namespace}, ${kind},
           ${pgArray(items.map((i) => i.owner))}::text[], ${pgArray(items.map((i) => i.identity))}::text[],
           ${pgArray(items.map((i) => i.epoch))}::bigint[], ${pgArray(items.map((i) => i.generation))}::bigint[],
-          ${pgArray(items.map((i) => i.outcome))}::text[], ${`[${details.join(",")}]`}::jsonb) f`,
+          ${pgArray(items.map((i) => i.outcome))}::text[], ${anyDetails ? `[${details.join(",")}]` : "[]"}::jsonb) f`,
   );
   const results: FinishResult[] = items.map(() => ({ saved: false, dirty: false }));
   for (const row of done) results[row.ord] = { saved: true, dirty: row.dirty };

@@ -5,6 +5,7 @@ import { describe, expect, it } from "vitest";
 import { drizzle } from "drizzle-orm/postgres-js";
 import { claimKeys, finishRuns, notifyMatters, pgArray, takeAndClaim, type FinishItem } from "../../src/store/index.js";
 import { indexReads } from "../harness/index-reads.js";
+import { deferred, waitFor } from "../harness/wait.js";
 import { useTestEnvironment } from "../harness/setup.js";
 
 const env = useTestEnvironment();
@@ -159,6 +160,72 @@ describe("finishRuns", () => {
     expect(by.requeued!.due_s).toBeGreaterThanOrEqual(118);
     expect(by.stale).toMatchObject({ cache: { v: 1 }, lease_owner: "owner-1", clean: false });
     expect(by["other-owner"]).toMatchObject({ cache: { v: 4 }, lease_owner: null, clean: true });
+    await sql.close();
+  });
+});
+
+describe("finishRuns against notifies and older workers", () => {
+  it("waits for a notify that holds the matter, then saves the run and puts the matter back on the outbox", async () => {
+    const sql = env.sql();
+    const other = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    await notifyMatters(db, ns, [{ kind: "k", identity: "a", cache: '{"v":1}' }]);
+    const [claim] = await claimKeys(db, ns, "owner-1", 30_000, "k", ["a"]);
+    const m = (claim as { matter: { epoch: number; generation: number } }).matter;
+    await sql`delete from dmm.dmm_outbox where namespace = ${ns}`;
+    // A notify commits while the finish waits for its row lock: the finish must see the new row
+    // version by key, save the run and find the matter dirty.
+    const holding = deferred();
+    const locked = deferred();
+    const notify = drizzle(other).transaction(async (tx) => {
+      await notifyMatters(tx, ns, [{ kind: "k", identity: "a", cache: '{"v":5}' }]);
+      locked.resolve();
+      await holding.promise;
+    });
+    await locked.promise;
+    const finishing = finishRuns(db, ns, [{
+      owner: "owner-1", kind: "k", identity: "a", epoch: m.epoch, generation: m.generation, outcome: "ok",
+      base: { v: 1 }, cache: '{"v":2,"w":1}', error: null, dueInMs: null, dueReason: null,
+    }]);
+    await waitFor("the finish to wait for the notify's row lock", async () => {
+      const [w] = await sql`select count(*)::int as n from pg_stat_activity
+                            where datname = current_database() and wait_event_type = 'Lock' and query like '%finish_runs%'`;
+      return w!.n === 1;
+    });
+    holding.resolve();
+    await notify;
+    expect(await finishing).toEqual([{ saved: true, dirty: true }]);
+    const [row] = await sql`select cache, generation::int as g, observed_generation::int as o, lease_owner from dmm.dmm_matter where namespace = ${ns}`;
+    // The notify's field wins where both changed it; the run's own new field stays.
+    expect(row).toMatchObject({ cache: { v: 5, w: 1 }, g: m.generation + 1, o: m.generation, lease_owner: null });
+    const [pending] = await sql`select count(*)::int as n from dmm.dmm_outbox where namespace = ${ns} and identity = 'a'`;
+    expect(pending!.n).toBe(1);
+    await other.close();
+    await sql.close();
+  });
+
+  it("reads the details of a worker before migration 0024 (only the runs that have any, each with its ord)", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    const ids = ["plain", "saved", "failed"];
+    await notifyMatters(db, ns, ids.map((identity) => ({ kind: "k", identity, cache: '{"v":1}' })));
+    const ms = (await claimKeys(db, ns, "owner-1", 30_000, "k", ids)).map((c) => (c as { matter: { epoch: number; generation: number } }).matter);
+    const details = JSON.stringify([
+      { ord: 1, error: null, due_ms: null, due_reason: null, cache: { v: 2 }, base: { v: 1 } },
+      { ord: 2, error: "boom", due_ms: 60000, due_reason: "retry" },
+    ]);
+    const done = await sql`select f.ord, f.dirty from dmm.finish_runs(${ns}, 'k', ${pgArray(ids.map(() => "owner-1"))}::text[],
+      ${pgArray(ids)}::text[], ${pgArray(ms.map((m) => m.epoch))}::bigint[], ${pgArray(ms.map((m) => m.generation))}::bigint[],
+      ${pgArray(["ok", "ok", "fail"])}::text[], ${details}::text::jsonb) f order by f.ord`;
+    expect(done.map((r) => [r.ord, r.dirty])).toEqual([[0, false], [1, false], [2, false]]);
+    const rows = await sql`select identity, cache, attempts, last_error, due_reason, due_at is not null as due
+                           from dmm.dmm_matter where namespace = ${ns} order by identity`;
+    const by = Object.fromEntries(rows.map((r) => [r.identity, r]));
+    expect(by.plain).toMatchObject({ cache: { v: 1 }, attempts: 0, last_error: null, due: false });
+    expect(by.saved).toMatchObject({ cache: { v: 2 }, attempts: 0, last_error: null, due: false });
+    expect(by.failed).toMatchObject({ cache: { v: 1 }, attempts: 1, last_error: "boom", due_reason: "retry", due: true });
     await sql.close();
   });
 });
