@@ -55,7 +55,7 @@ export interface WorkOptions {
   /**
    * Matters claimed ahead of free run slots and held in a local buffer, so that under load one
    * claim statement serves a batch. Buffered matters hold leases; they are released unrun on
-   * stop. 0 claims only for free slots. Defaults to `"auto"`: up to 256 (or 4 × concurrency, at most 1000) ahead while runs take
+   * stop. 0 claims only for free slots. Defaults to `"auto"`: up to 512 (or 4 × concurrency, at most 1000) ahead while runs take
    * under 10 ms, 4 × concurrency under 100 ms, and `concurrency` for slower runs.
    */
   prefetch?: number | "auto";
