@@ -58,7 +58,13 @@ export const dmmMatter = dmmSchema.table(
     updatedAt: timestamp("updated_at", { withTimezone: true, mode: "date" }).notNull().defaultNow(),
   },
   (t) => [
-    primaryKey({ name: "dmm_matter_pkey", columns: [t.namespace, t.kind, t.identity] }),
+    /**
+     * Identity first (migration 0025), as the outbox's: every hot statement looks a matter up by
+     * its whole key, and a descent's comparisons then mostly end at the first column instead of
+     * going through namespace and kind, the same for every row of a kind. Listing a kind in
+     * key order reads the index in identity order and skips other kinds' entries.
+     */
+    primaryKey({ name: "dmm_matter_pkey", columns: [t.identity, t.kind, t.namespace] }),
     index("dmm_matter_due_idx").on(t.namespace, t.dueAt).where(sql`${t.dueAt} is not null`),
   ],
 );

@@ -10,7 +10,7 @@
 import { describe, expect, it } from "vitest";
 import postgres from "postgres";
 import { drizzle } from "drizzle-orm/postgres-js";
-import { claimKeys, finishRuns, notifyMatters, relayOutbox, takeAndClaim } from "../../src/store/index.js";
+import { claimKeys, finishRuns, listMatters, notifyMatters, relayOutbox, takeAndClaim } from "../../src/store/index.js";
 import { TEMPLATE_DB } from "../harness/env.js";
 import { indexReads } from "../harness/index-reads.js";
 import { withScratchDatabase } from "../harness/scratch-db.js";
@@ -132,6 +132,29 @@ describe("a finish planned with statistics on the matters", () => {
       const removed = [...update!.matchAll(/Rows Removed by (?:Join )?Filter: (\d+)/g)].map((m) => Number(m[1]));
       expect(Math.max(0, ...removed), "runs compared with a matter not their own").toBeLessThan(1_000);
     }, notices);
+  });
+});
+
+describe("listing matters under the identity-first key (migration 0025)", () => {
+  it("lists one kind's first matters in byte order, skipping the other kinds whose identities sort between them", async () => {
+    await withFreshDatabase(async (sql) => {
+      const db = drizzle(sql);
+      const ns = "listing";
+      // Three kinds share identities, so that in the key's order (identity first) every kind's
+      // entries sit between another kind's; a fourth namespace's matters as well.
+      const ids = Array.from({ length: 300 }, (_, i) => `id-${String(i).padStart(3, "0")}`);
+      for (const kind of ["b", "a", "c"]) await notifyMatters(db, ns, ids.map((identity) => ({ kind, identity, cache: "{}" })));
+      await notifyMatters(db, "other", ids.map((identity) => ({ kind: "a", identity, cache: "{}" })));
+      await sql`analyze dmm.dmm_matter`;
+
+      const page = await listMatters(db, ns, { kind: "b", limit: 50 });
+      expect(page.map((m) => `${m.kind}/${m.identity}`)).toEqual(ids.slice(0, 50).map((id) => `b/${id}`));
+      const all = await listMatters(db, ns, { limit: 450 });
+      expect(all.map((m) => `${m.kind}/${m.identity}`)).toEqual([
+        ...ids.map((id) => `a/${id}`),
+        ...ids.slice(0, 150).map((id) => `b/${id}`),
+      ]);
+    });
   });
 });
 
