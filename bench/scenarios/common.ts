@@ -34,6 +34,8 @@ export interface Sizes {
   /** Keys drained per scale measurement. */
   scale_jobs: number;
   cost_items: number;
+  /** Repeats of the cost measurement (median reported): one drain's CPU figure swings by 10 % on a shared host. */
+  cost_repeats: number;
 }
 
 /**
@@ -46,7 +48,7 @@ export function sizesFor(mode: Mode, jobsOverride?: number): Sizes {
     throughput_jobs: quick ? 3_000 : 20_000,
     enqueue_batch: 500,
     concurrency: 16,
-    throughput_repeats: quick ? 1 : 3,
+    throughput_repeats: quick ? 1 : 5,
     latency_samples: quick ? 30 : 500,
     latency_calibration_jobs: quick ? 1_500 : 5_000,
     coalescing_keys: 100,
@@ -57,6 +59,7 @@ export function sizesFor(mode: Mode, jobsOverride?: number): Sizes {
     scale_large: quick ? 50_000 : 1_000_000,
     scale_jobs: quick ? 3_000 : 20_000,
     cost_items: quick ? 3_000 : 20_000,
+    cost_repeats: quick ? 1 : 3,
   };
   if (jobsOverride !== undefined) {
     sizes.throughput_jobs = jobsOverride;

@@ -80,6 +80,6 @@ async function measure(system: System, env: Env, scope: Scope): Promise<Measured
 export const cost: Scenario = {
   name: "cost",
   variants(env) {
-    return [{ name: "default", repeats: 1, timeoutMs: env.mode === "quick" ? 120_000 : 900_000, measure }];
+    return [{ name: "default", repeats: env.sizes.cost_repeats, timeoutMs: env.mode === "quick" ? 120_000 : 900_000, measure }];
   },
 };
