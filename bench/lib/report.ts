@@ -220,8 +220,8 @@ function detailLines(report: BenchReport): string[] {
 /** The method section of RESULTS.md (kept next to the renderer so they change together). */
 const METHOD = [
   "- **throughput**: distinct keys, trivial work, 16 concurrent runs per worker process; `1proc` = one",
-  "  worker process, `2proc` = two (16 each). `per_s`: everything enqueued first (committed in",
-  "  batches) with workers started afterwards; time from the first run start until the last",
+  "  worker process, `2proc` = two (16 each); median of the repeats. `per_s`: everything enqueued first (committed in",
+  "  batches, then a `CHECKPOINT`) with workers started afterwards; time from the first run start until the last",
   "  completion is committed (the system reports nothing outstanding). `e2e_per_s`: workers already",
   "  idle and waiting; time from the first enqueue until everything is done, enqueueing included.",
   "  Worker processes are real child processes; completion is detected from exact counts they",
@@ -241,7 +241,7 @@ const METHOD = [
   "- **scale**: drain throughput (`per_s`, one process) with many versus few idle rows already in",
   "  the system's tables (what an idle row is per system is under Configurations), after",
   "  `VACUUM ANALYZE`; `ratio` = large ÷ small.",
-  "- **cost**: one process, enqueue-while-working of N items. Window: from before the worker",
+  "- **cost**: one process, enqueue-while-working of N items, median of the repeats. Window: from before the worker",
   "  starts until its connections and the producer's are closed (so every backend's statistics",
   "  are flushed; start-up and shutdown are included). `commits_per_item` from",
   "  `pg_stat_database.xact_commit` of the bench database; `wal_bytes_per_item` from",
