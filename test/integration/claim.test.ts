@@ -164,6 +164,51 @@ describe("finishRuns", () => {
   });
 });
 
+describe("finishRuns of a batch whose runs all succeeded without details (migration 0026)", () => {
+  it("clears a failure's attempts, error and due time, re-enqueues a matter notified during its run, and writes nothing for a lost lease", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    await notifyMatters(db, ns, ["a", "b", "c"].map((identity) => ({ kind: "k", identity, cache: '{"v":1}' })));
+    const claim = async (ids: string[]) =>
+      new Map((await claimKeys(db, ns, "owner-1", 30_000, "k", ids)).map((s, i) => {
+        expect(s.status, ids[i]).toBe("claimed");
+        return [ids[i]!, (s as { matter: { epoch: number; generation: number } }).matter] as const;
+      }));
+    const item = (identity: string, m: { epoch: number; generation: number }, fields: Partial<FinishItem> = {}): FinishItem => ({
+      owner: "owner-1", kind: "k", identity, epoch: m.epoch, generation: m.generation, outcome: "ok", base: { v: 1 },
+      cache: null, error: null, dueInMs: null, dueReason: null, ...fields,
+    });
+    // "a" fails first, with a retry due at once.
+    const first = await claim(["a"]);
+    await finishRuns(db, ns, [item("a", first.get("a")!, { outcome: "fail", error: "boom", dueInMs: 0, dueReason: "retry" })]);
+    const [failed] = await sql`select attempts, last_error, due_reason from dmm.dmm_matter where namespace = ${ns} and identity = 'a'`;
+    expect(failed).toMatchObject({ attempts: 1, last_error: "boom", due_reason: "retry" });
+
+    const runs = await claim(["a", "b", "c"]);
+    await notifyMatters(db, ns, [{ kind: "k", identity: "b", cache: '{"v":1}' }]);
+    await sql`delete from dmm.dmm_outbox where namespace = ${ns}`;
+    const results = await finishRuns(db, ns, [
+      item("a", runs.get("a")!),
+      item("b", runs.get("b")!),
+      item("c", { ...runs.get("c")!, epoch: runs.get("c")!.epoch - 1 }),
+    ]);
+    expect(results).toEqual([{ saved: true, dirty: false }, { saved: true, dirty: true }, { saved: false, dirty: false }]);
+    const rows = await sql`
+      select identity, cache, attempts, last_error, parked, due_at, due_reason, lease_owner, lease_until,
+             observed_generation::int as o, generation::int as g
+      from dmm.dmm_matter where namespace = ${ns} order by identity`;
+    const by = Object.fromEntries(rows.map((r) => [r.identity, r]));
+    expect(by.a).toMatchObject({ cache: { v: 1 }, attempts: 0, last_error: null, parked: false, due_at: null, due_reason: null,
+                                 lease_owner: null, lease_until: null, o: runs.get("a")!.generation, g: runs.get("a")!.generation });
+    expect(by.b).toMatchObject({ lease_owner: null, o: runs.get("b")!.generation, g: runs.get("b")!.generation + 1 });
+    expect(by.c).toMatchObject({ lease_owner: "owner-1", o: 0 });
+    const pending = await sql`select identity from dmm.dmm_outbox where namespace = ${ns} order by identity`;
+    expect(pending.map((r) => r.identity)).toEqual(["b"]);
+    await sql.close();
+  });
+});
+
 describe("finishRuns against notifies and older workers", () => {
   it("waits for a notify that holds the matter, then saves the run and puts the matter back on the outbox", async () => {
     const sql = env.sql();

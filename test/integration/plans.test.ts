@@ -104,10 +104,14 @@ describe("a finish planned with statistics on the matters", () => {
   // The second case is a session (or role) that turned the planner's bitmap scans and nested
   // loops off: the function's own settings must win, or the cached plan compares every run
   // with every matter of the kind.
+  // Both statements of the finish (0026): the one for a batch of successful runs without
+  // details, and the general one, which a single failed run among them takes.
   it.each([
-    ["default planner settings", []],
-    ["bitmap scans and nested loops turned off in the session", ["enable_bitmapscan", "enable_nestloop"]],
-  ] as const)("matches each run of a batch of 1,000 with its own matter, not with every matter of the batch (%s)", async (_, off) => {
+    ["default planner settings, every run ok", [], false],
+    ["bitmap scans and nested loops turned off in the session, every run ok", ["enable_bitmapscan", "enable_nestloop"], false],
+    ["default planner settings, one run failed", [], true],
+    ["bitmap scans and nested loops turned off in the session, one run failed", ["enable_bitmapscan", "enable_nestloop"], true],
+  ] as const)("matches each run of a batch of 1,000 with its own matter, not with every matter of the batch (%s)", async (_, off, oneFailed) => {
     const notices: string[] = [];
     await withFreshDatabase(async (sql) => {
       const db = drizzle(sql);
@@ -121,12 +125,15 @@ describe("a finish planned with statistics on the matters", () => {
       await sql`load 'auto_explain'`;
       await sql`select set_config('auto_explain.log_min_duration', '0', false), set_config('auto_explain.log_analyze', 'on', false),
                        set_config('auto_explain.log_nested_statements', 'on', false), set_config('auto_explain.log_level', 'notice', false)`;
-      const results = await finishRuns(db, ns, claims.map((c) => {
+      const results = await finishRuns(db, ns, claims.map((c, i) => {
         const m = (c as { matter: { identity: string; epoch: number; generation: number } }).matter;
-        return { owner: "owner-1", kind: "k", identity: m.identity, epoch: m.epoch, generation: m.generation, outcome: "ok" as const,
-                 base: {}, cache: null, error: null, dueInMs: null, dueReason: null };
+        const failed = oneFailed && i === 0;
+        return { owner: "owner-1", kind: "k", identity: m.identity, epoch: m.epoch, generation: m.generation,
+                 outcome: failed ? ("fail" as const) : ("ok" as const), base: {}, cache: null,
+                 error: failed ? "boom" : null, dueInMs: failed ? 1_000 : null, dueReason: failed ? ("retry" as const) : null };
       }));
       expect(results.every((r) => r.saved)).toBe(true);
+      expect(notices.some((n) => n.includes("CASE WHEN x.outcome")), "the general statement ran").toBe(oneFailed);
       const update = notices.find((n) => n.includes("UPDATE \"dmm\".\"dmm_matter\" m SET") && n.includes("observed_generation"));
       expect(update, "the finish's UPDATE was explained").toBeDefined();
       const removed = [...update!.matchAll(/Rows Removed by (?:Join )?Filter: (\d+)/g)].map((m) => Number(m[1]));
