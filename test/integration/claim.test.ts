@@ -327,6 +327,37 @@ describe("claimKeys for an identity named by two batch tokens in one take", () =
   });
 });
 
+describe("takeAndClaim", () => {
+  it("tells each claimed matter of one take why it runs: notify, retry, requeue, or recovery of an expired lease", async () => {
+    const sql = env.sql();
+    const db = drizzle(sql);
+    const ns = env.namespace();
+    const ids = ["new", "retried", "requeued", "recovered"];
+    await notifyMatters(db, ns, ids.map((identity) => ({ kind: "k", identity, cache: "{}" })));
+    await sql`delete from dmm.dmm_outbox where namespace = ${ns}`;
+    const claimed = await claimKeys(db, ns, "owner-1", 30_000, "k", ["retried", "requeued"]);
+    const run = (i: number) => (claimed[i] as { matter: { identity: string; epoch: number; generation: number } }).matter;
+    await finishRuns(db, ns, [
+      { owner: "owner-1", kind: "k", identity: "retried", epoch: run(0).epoch, generation: run(0).generation, outcome: "fail",
+        base: {}, cache: null, error: "boom", dueInMs: 0, dueReason: "retry" },
+      { owner: "owner-1", kind: "k", identity: "requeued", epoch: run(1).epoch, generation: run(1).generation, outcome: "ok",
+        base: {}, cache: null, error: null, dueInMs: 0, dueReason: "requeue" },
+    ]);
+    // A lease that runs out: its worker died.
+    await claimKeys(db, ns, "owner-2", 1, "k", ["recovered"]);
+    await waitFor("the lease to expire", async () => {
+      const [r] = await sql`select lease_until < now() as gone from dmm.dmm_matter where namespace = ${ns} and identity = 'recovered'`;
+      return r!.gone === true;
+    });
+    await sql`insert into dmm.dmm_outbox (namespace, kind, identity) select ${ns}, 'k', unnest(${pgArray(ids)}::text[])`;
+    const { claimed: taken } = await takeAndClaim(db, ns, "owner-3", 30_000, "k", 10);
+    expect(Object.fromEntries(taken.map((m) => [m.identity, m.reason]))).toEqual({
+      new: "notify", retried: "retry", requeued: "requeue", recovered: "recovery",
+    });
+    await sql.close();
+  });
+});
+
 describe("rows", () => {
   it("runs dmm's statements as prepared statements, parsed once per connection", async () => {
     const sql = env.sql({ max: 1 });
