@@ -12,12 +12,12 @@
 --
 -- What it costs: listing the matters of one kind (`bucket.matters({ kind })`, `dmm status -k`)
 -- reads the key in identity order and skips the entries of other kinds until it has its page;
--- listing a whole namespace sorts it (about a second of Postgres CPU per million matters). Both
--- are inspection tools, not a dispatch path. No lock order changes: every statement that locks
--- several matters sorts its keys itself.
+-- listing a whole namespace sorts it (a million matters of three kinds, first page of 1,000:
+-- 0.33-0.36 s here; a page of one kind: 1 ms). Both are inspection tools, not a dispatch path.
+-- No lock order changes: every statement that locks several matters sorts its keys itself.
 --
 -- The constraint is re-created under an exclusive lock on dmm_matter: notifies, claims and
--- finishes wait for the rebuild, about a second per million matters.
+-- finishes wait for the rebuild, 1.2 s for a million matters here.
 ALTER TABLE "dmm"."dmm_matter" DROP CONSTRAINT "dmm_matter_pkey";
 --> statement-breakpoint
 ALTER TABLE "dmm"."dmm_matter" ADD CONSTRAINT "dmm_matter_pkey" PRIMARY KEY("identity","kind","namespace");
