@@ -261,8 +261,17 @@ async function main(): Promise<number> {
       writeFileSync(path.join(BENCH_DIR, "RESULTS.md"), markdown);
       log(`wrote ${path.relative(process.cwd(), file)} and bench/RESULTS.md`);
     }
-    const table = markdown.split("\n").filter((line) => line.startsWith("|"));
-    console.log(table.join("\n"));
+    // The table, and the details behind it (start-up, drain CPU, loads…): what a development run needs.
+    const lines = markdown.split("\n");
+    const details: string[] = [];
+    const from = lines.indexOf("## Details behind the numbers");
+    if (from >= 0) {
+      for (const line of lines.slice(from + 1)) {
+        if (line.startsWith("## ")) break;
+        if (line.startsWith("- ")) details.push(line);
+      }
+    }
+    console.log([...lines.filter((line) => line.startsWith("|")), ...details].join("\n"));
     const failed = results.some((r) => r.error) || skipped.some((s) => s.failed);
     if (failed) warn("some measurements failed; see the Failures section of RESULTS.md");
     return failed ? 1 : 0;

@@ -185,7 +185,7 @@ export function backendCpuDelta(before: Map<number, number>, after: Map<number, 
 }
 
 /** Busy and total jiffies of all CPUs from /proc/stat, or null where it cannot be read. */
-function cpuJiffies(): { busy: number; total: number } | null {
+export function cpuJiffies(): { busy: number; total: number } | null {
   try {
     const line = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!;
     const f = line.trim().split(/\s+/).slice(1).map(Number);
@@ -209,9 +209,14 @@ export async function waitForQuiet(maxBusy = 0.25, windowMs = 500, timeoutMs = 1
   for (;;) {
     const a = cpuJiffies();
     await sleep(windowMs);
-    const b = cpuJiffies();
-    if (!a || !b || b.total === a.total) return null;
-    const busy = (b.busy - a.busy) / (b.total - a.total);
-    if (busy <= maxBusy || wallNow() >= deadline) return Math.round(busy * 1000) / 1000;
+    const busy = busyShare(a, cpuJiffies());
+    if (busy === null) return null;
+    if (busy <= maxBusy || wallNow() >= deadline) return busy;
   }
+}
+
+/** The share of the machine's CPU time that was busy between two {@link cpuJiffies} readings. */
+export function busyShare(before: { busy: number; total: number } | null, after: { busy: number; total: number } | null): number | null {
+  if (!before || !after || after.total === before.total) return null;
+  return Math.round(((after.busy - before.busy) / (after.total - before.total)) * 1000) / 1000;
 }

@@ -178,6 +178,22 @@ function detailNumber(r: Result, ...path: string[]): number | undefined {
   return typeof value === "number" ? value : undefined;
 }
 
+/** The median of a detail number over a result's repeats (its only value without repeats). */
+function detailMedian(r: Result, ...path: string[]): number | undefined {
+  const detail = r.detail as { repeats?: unknown } | undefined;
+  const runs = detail && Array.isArray(detail.repeats) ? (detail.repeats as unknown[]) : [detail];
+  const values: number[] = [];
+  for (const run of runs) {
+    let value: unknown = run;
+    for (const key of path) value = value && typeof value === "object" ? (value as Record<string, unknown>)[key] : undefined;
+    if (typeof value === "number") values.push(value);
+  }
+  if (values.length === 0) return undefined;
+  values.sort((a, b) => a - b);
+  const mid = values.length >> 1;
+  return values.length % 2 ? values[mid] : (values[mid - 1]! + values[mid]!) / 2;
+}
+
 /** One line per scenario with the supporting numbers a reader needs to trust the table. */
 function detailLines(report: BenchReport): string[] {
   const lines: string[] = [];
@@ -189,6 +205,20 @@ function detailLines(report: BenchReport): string[] {
     lines.push(
       "- throughput/1proc, worker start-up excluded from `per_s` (start command → first handler start, ms): " +
         join(drains.map((r) => `${r.system} ${detailNumber(r, "drain", "startup_ms") ?? "?"}`)) + ".",
+    );
+  }
+  for (const variant of ["1proc", "2proc"]) {
+    const drained = ok("throughput", variant).filter((r) => detailMedian(r, "drain", "cpu", "workers_us_per_item") !== undefined);
+    if (drained.length === 0) continue;
+    const us = (v: number | undefined) => (v === undefined ? "?" : String(Math.round(v)));
+    lines.push(
+      `- throughput/${variant}, CPU per item during the drain (µs, Postgres + worker processes; medians of the repeats) ` +
+        "and the machine's busy share: " +
+        join(drained.map((r) => {
+          const pg = detailMedian(r, "drain", "cpu", "postgres_us_per_item");
+          const workers = detailMedian(r, "drain", "cpu", "workers_us_per_item");
+          return `${r.system} ${us(pg)} + ${us(workers)}, busy ${detailMedian(r, "drain", "cpu", "machine_busy") ?? "?"}`;
+        })) + ".",
     );
   }
   const loaded = ok("latency", "loaded");

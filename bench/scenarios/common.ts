@@ -1,6 +1,7 @@
 /** What scenarios share: the run environment, sizes, and the measurement building blocks. */
 import { Databases, NATS_URL, urlForDatabase } from "../lib/db.js";
 import { enqueueAll, makeKeys } from "../lib/load.js";
+import { busyShare, cpuJiffies, postgresCpuUs } from "../lib/measure.js";
 import type { Mode, Result } from "../lib/report.js";
 import type { Producer, System, Target } from "../lib/system.js";
 import { Scope, TimeoutError, sleep, wallNow } from "../lib/util.js";
@@ -237,10 +238,12 @@ async function drain(
   scope.step = "checkpoint before the drain";
   await env.dbs.admin`CHECKPOINT`;
   scope.step = `draining ${opts.jobs} jobs`;
+  const cpuBefore = { postgres: await postgresCpuUs(env.dbs.admin), workers: group.cpuUs(), machine: cpuJiffies() };
   const startSentAt = wallNow();
   await group.start(target, { concurrency: sizes.concurrency, workMs: 0, tracePrefix: null });
   const totals = await group.waitFor((t) => t.done >= opts.jobs, `${opts.jobs} runs`, waitBudget(env, opts.jobs));
   const endAt = await waitOutstandingZero(producer, waitBudget(env, opts.jobs), scope);
+  const cpuAfter = { postgres: await postgresCpuUs(env.dbs.admin), workers: group.cpuUs(), machine: cpuJiffies() };
   const final = await group.flush();
   scope.step = "stopping the workers";
   await group.stop();
@@ -253,8 +256,33 @@ async function drain(
       startup_ms: round1(firstStartAt - startSentAt),
       per_s_incl_startup: Math.round(opts.jobs / ((endAt - startSentAt) / 1000)),
       handlers_done_to_committed_ms: round1(endAt - totals.lastDoneAt!),
+      cpu: drainCpu(cpuBefore, cpuAfter, opts.jobs),
       ...runChecks(final, opts.jobs),
     },
+  };
+}
+
+/** CPU readings around a drain: all Postgres processes, the worker children, the machine. */
+interface CpuReading {
+  postgres: number | null;
+  workers: number | null;
+  machine: ReturnType<typeof cpuJiffies>;
+}
+
+/**
+ * Where a drain's CPU went, per item (µs): Postgres (every process of the server) and the
+ * worker children, from the start command to the last committed completion (worker start-up
+ * after the command included, in /proc's 10 ms ticks), and the machine's busy share over the
+ * same window. A busy share near 1 says the drain was CPU-bound: on a shared 2-core machine its
+ * rate is then about 2 cores over the CPU per item of everything that runs (the NATS server,
+ * for dmm-nats, is in the busy share but in neither figure).
+ */
+function drainCpu(before: CpuReading, after: CpuReading, items: number): Record<string, number | null> {
+  const perItem = (a: number | null, b: number | null) => (a === null || b === null ? null : round1((b - a) / items));
+  return {
+    postgres_us_per_item: perItem(before.postgres, after.postgres),
+    workers_us_per_item: perItem(before.workers, after.workers),
+    machine_busy: busyShare(before.machine, after.machine),
   };
 }
 

@@ -2,7 +2,7 @@
  * The worker child of both dmm systems: one bucket, one stream of the benchmark kind, whose
  * materializer hands each identity to the harness.
  */
-import { open } from "../../src/index.js";
+import { open } from "dmm";
 import type { StartWorker } from "../lib/system.js";
 import { BenchItem, KIND, quiet } from "./dmm.js";
 

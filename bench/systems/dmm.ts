@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { migrate, open, type Context } from "../../src/index.js";
+import { migrate, open, type Context } from "dmm";
 import type { Producer, System, Target } from "../lib/system.js";
 
 /** The kind every benchmark matter belongs to. */
@@ -39,6 +39,7 @@ function make(name: "dmm-nats" | "dmm-pg"): System {
       nats
         ? "dmm 0.1 with NATS JetStream dispatch: one token per identity (work-queue stream, `max_msgs_per_subject: 1`), or one batch token per up to 128 identities when a relay round finds 32 or more rows of a kind; relay publishing rounds of 500 rows and counting PubAcks (`dmm.relay_take`/`dmm.relay_settle`), pull consumer per kind; claims (`dmm.claim_keys`) and finishes (`dmm.finish_runs`) batched."
         : "dmm 0.1 with Postgres-only dispatch: workers take outbox rows and claim their matters in one call (`dmm.take_and_claim`, SKIP LOCKED), LISTEN/NOTIFY wake-up; claims and finishes batched.",
+      "Runs from dmm's compiled package (`dist/`, built by `npm run bench` before it starts), as an app that installs dmm runs it; the peers run from their published packages.",
       "Defaults otherwise: `concurrency: 16`, `prefetch: \"auto\"` (512 claimed ahead while runs take under 10 ms), lease 30 s, heartbeat 10 s, sweep 10 s; pool of 10 connections plus one session connection per process.",
       "Enqueue: `bucket.notify(instances)` (one upsert statement per transaction of up to 500 matters; the outbox trigger fires in it).",
       "Coalescing: built in: one matter per identity; notifies during a run cause one more run.",

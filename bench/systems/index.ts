@@ -9,11 +9,15 @@
  */
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { dmmBuildProblem } from "../lib/dmm-build.js";
 import type { System } from "../lib/system.js";
 
-/** An adapter module and the system names it must export, in report column order. */
-export const SYSTEM_MODULES: ReadonlyArray<{ file: string; names: readonly string[] }> = [
-  { file: "dmm.ts", names: ["dmm-nats", "dmm-pg"] },
+/**
+ * An adapter module and the system names it must export, in report column order; `problem`
+ * says why the module cannot run now (checked before it is imported).
+ */
+export const SYSTEM_MODULES: ReadonlyArray<{ file: string; names: readonly string[]; problem?: () => string | null }> = [
+  { file: "dmm.ts", names: ["dmm-nats", "dmm-pg"], problem: dmmBuildProblem },
   { file: "graphile-worker.ts", names: ["graphile-worker"] },
   { file: "pg-boss.ts", names: ["pg-boss"] },
 ];
@@ -44,6 +48,11 @@ export async function loadSystems(wanted: readonly string[]): Promise<{
     const url = new URL(`./${mod.file}`, import.meta.url);
     if (!existsSync(fileURLToPath(url))) {
       for (const name of names) skipped.push({ name, reason: `bench/systems/${mod.file} is not there yet`, failed: false });
+      continue;
+    }
+    const problem = mod.problem?.() ?? null;
+    if (problem !== null) {
+      for (const name of names) skipped.push({ name, reason: problem, failed: true });
       continue;
     }
     try {
