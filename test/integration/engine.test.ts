@@ -584,6 +584,45 @@ describe.each(MODES)("with %s dispatch", (mode) => {
     await work;
   });
 
+  it("aborts a run through ctx.signal once a heartbeat finds its lease taken over, and writes nothing of it", async () => {
+    const bucket = await env.open(mode, { leaseMs: 3_000, heartbeatMs: 200 });
+    const sql = env.sql();
+    const started = deferred();
+    let reason: unknown;
+    class Usurped {
+      id = "";
+      value = "original";
+      identity() {
+        return this.id;
+      }
+      async materialize(ctx: Context) {
+        if (ctx.attempt > 1 || ctx.reason !== "notify") return;
+        started.resolve();
+        await new Promise<void>((resolve) => ctx.signal.addEventListener("abort", () => resolve()));
+        reason = ctx.signal.reason;
+        this.value = "usurped";
+      }
+    }
+    const stream = bucket.register("usurped", Usurped);
+    const runs = recordRuns(bucket);
+    const work = stream.work();
+    await bucket.notify(Object.assign(new Usurped(), { id: "u" }));
+    await started.promise;
+    // Another worker's claim: a new owner and epoch on the matter, as after a take-over.
+    await sql`update dmm.dmm_matter set lease_owner = 'another-worker', lease_epoch = lease_epoch + 1
+              where namespace = ${bucket.namespace} and identity = 'u'`;
+    await waitFor("the run to be aborted", () => reason !== undefined, { timeoutMs: 10_000 });
+    expect(reason).toBeInstanceOf(LeaseLostError);
+    await waitFor("the run to end", () => runs.length >= 1);
+    expect(runs[0]!.outcome).toBe("lost");
+    const [row] = await sql`select cache, lease_owner from dmm.dmm_matter where namespace = ${bucket.namespace} and identity = 'u'`;
+    expect(row).toMatchObject({ cache: { id: "u", value: "original" }, lease_owner: "another-worker" });
+    await sql`update dmm.dmm_matter set lease_owner = null, lease_until = null where namespace = ${bucket.namespace} and identity = 'u'`;
+    await bucket.close();
+    await work;
+    await sql.close();
+  });
+
   it("gives back prefetched matters unrun on close, without counting an attempt", async () => {
     const bucket = await env.open(mode, { shutdownGraceMs: 5_000 });
     const sql = env.sql();
