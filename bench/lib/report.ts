@@ -168,16 +168,6 @@ export function renderMarkdown(report: BenchReport): string {
   return out.join("\n");
 }
 
-/** Reads a number from a result's detail (or from its first repeat's). */
-function detailNumber(r: Result, ...path: string[]): number | undefined {
-  let value: unknown = r.detail;
-  if (value && typeof value === "object" && "repeats" in value && Array.isArray((value as { repeats: unknown }).repeats)) {
-    value = (value as { repeats: unknown[] }).repeats[0];
-  }
-  for (const key of path) value = value && typeof value === "object" ? (value as Record<string, unknown>)[key] : undefined;
-  return typeof value === "number" ? value : undefined;
-}
-
 /** The median of a detail number over a result's repeats (its only value without repeats). */
 function detailMedian(r: Result, ...path: string[]): number | undefined {
   const detail = r.detail as { repeats?: unknown } | undefined;
@@ -203,8 +193,8 @@ function detailLines(report: BenchReport): string[] {
   const drains = ok("throughput", "1proc");
   if (drains.length) {
     lines.push(
-      "- throughput/1proc, worker start-up excluded from `per_s` (start command → first handler start, ms): " +
-        join(drains.map((r) => `${r.system} ${detailNumber(r, "drain", "startup_ms") ?? "?"}`)) + ".",
+      "- throughput/1proc, worker start-up excluded from `per_s` (start command → first handler start, ms; medians of the repeats): " +
+        join(drains.map((r) => `${r.system} ${detailMedian(r, "drain", "startup_ms") ?? "?"}`)) + ".",
     );
   }
   for (const variant of ["1proc", "2proc"]) {
@@ -225,7 +215,7 @@ function detailLines(report: BenchReport): string[] {
   if (loaded.length) {
     lines.push(
       "- latency/loaded, background load target → achieved (keys/s), backlog when sampling ended: " +
-        join(loaded.map((r) => `${r.system} ${detailNumber(r, "load_target_per_s") ?? "?"} → ${detailNumber(r, "load_achieved_per_s") ?? "?"}, backlog ${detailNumber(r, "backlog_at_end") ?? "?"}`)) + ".",
+        join(loaded.map((r) => `${r.system} ${detailMedian(r, "load_target_per_s") ?? "?"} → ${detailMedian(r, "load_achieved_per_s") ?? "?"}, backlog ${detailMedian(r, "backlog_at_end") ?? "?"}`)) + ".",
     );
   }
   const coalesced = ok("coalescing", "default");
@@ -233,15 +223,15 @@ function detailLines(report: BenchReport): string[] {
     lines.push(
       "- coalescing, enqueue window / time to idle after it (ms), keys whose last run started before their last " +
         "enqueue was sent (missed) or while it was committing (unverified), same-key overlaps: " +
-        join(coalesced.map((r) => `${r.system} ${detailNumber(r, "enqueue_ms") ?? "?"} / ${detailNumber(r, "settle_ms") ?? "?"}, missed ${detailNumber(r, "missed") ?? "?"}, unverified ${detailNumber(r, "unverified") ?? "?"}, overlaps ${detailNumber(r, "overlaps") ?? "?"}`)) + ".",
+        join(coalesced.map((r) => `${r.system} ${detailMedian(r, "enqueue_ms") ?? "?"} / ${detailMedian(r, "settle_ms") ?? "?"}, missed ${detailMedian(r, "missed") ?? "?"}, unverified ${detailMedian(r, "unverified") ?? "?"}, overlaps ${detailMedian(r, "overlaps") ?? "?"}`)) + ".",
     );
   }
   const costs = ok("cost", "default");
   if (costs.length) {
     lines.push(
       "- cost, CPU of the bench database's own backends only (µs/item; excludes WAL writer, checkpointer and other databases) " +
-        "and commits in other databases during the window (noise): " +
-        join(costs.map((r) => `${r.system} ${detailNumber(r, "backend_cpu_us_per_item") ?? "?"} µs, ${detailNumber(r, "other_db_commits") ?? "?"} commits`)) + ".",
+        "and commits in other databases during the window (noise), medians of the repeats: " +
+        join(costs.map((r) => `${r.system} ${detailMedian(r, "backend_cpu_us_per_item") ?? "?"} µs, ${detailMedian(r, "other_db_commits") ?? "?"} commits`)) + ".",
     );
   }
   return lines;
