@@ -34,6 +34,11 @@ export interface Sizes {
   scale_large: number;
   /** Keys drained per scale measurement. */
   scale_jobs: number;
+  /**
+   * Repeats of each scale variant (medians compared): the ratio of two single drains swung
+   * from 1.01 to 0.80 between two runs of the same code, with the 10,000-row drain moving.
+   */
+  scale_repeats: number;
   cost_items: number;
   /**
    * Repeats of the cost measurement (median reported): one drain's CPU figure swings by 10-25 %
@@ -62,6 +67,7 @@ export function sizesFor(mode: Mode, jobsOverride?: number): Sizes {
     scale_small: 10_000,
     scale_large: quick ? 50_000 : 1_000_000,
     scale_jobs: quick ? 3_000 : 20_000,
+    scale_repeats: quick ? 1 : 3,
     cost_items: quick ? 3_000 : 20_000,
     cost_repeats: quick ? 1 : 5,
   };

@@ -67,3 +67,19 @@ describe("the benchmark report", () => {
     expect(md).not.toContain("CPU per item during the drain");
   });
 });
+
+describe("the scale scenario's ratio", () => {
+  it("divides the large variant's per_s by the small one's, also when both are medians of repeats", async () => {
+    const { scale } = await import("../../bench/scenarios/scale.js");
+    const repeated = (per_s: number) => ({ aggregate: "median of 3 repeats", values: { per_s: [per_s - 1, per_s, per_s + 1] }, repeats: [{}, {}, {}] });
+    const derived = scale.derive!([
+      { system: "dmm-pg", scenario: "scale", variant: "existing_1000000", metrics: { per_s: 18_000 }, detail: repeated(18_000) },
+      { system: "dmm-pg", scenario: "scale", variant: "existing_10000", metrics: { per_s: 20_000 }, detail: repeated(20_000) },
+      { system: "pg-boss", scenario: "scale", variant: "existing_10000", metrics: {}, error: "timed out" },
+      { system: "pg-boss", scenario: "scale", variant: "existing_1000000", metrics: { per_s: 1_000 } },
+    ]);
+    expect(derived).toEqual([
+      expect.objectContaining({ system: "dmm-pg", variant: "ratio", metrics: { ratio: 0.9 }, detail: expect.objectContaining({ definition: expect.stringContaining("1000000 existing rows ÷ per_s with 10000") }) }),
+    ]);
+  });
+});
