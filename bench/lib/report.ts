@@ -6,6 +6,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Machine, PostgresSettings } from "./machine.js";
+import { median } from "./stats.js";
 
 /** `--quick` or the full run. */
 export type Mode = "quick" | "full";
@@ -178,10 +179,7 @@ function detailMedian(r: Result, ...path: string[]): number | undefined {
     for (const key of path) value = value && typeof value === "object" ? (value as Record<string, unknown>)[key] : undefined;
     if (typeof value === "number") values.push(value);
   }
-  if (values.length === 0) return undefined;
-  values.sort((a, b) => a - b);
-  const mid = values.length >> 1;
-  return values.length % 2 ? values[mid] : (values[mid - 1]! + values[mid]!) / 2;
+  return values.length === 0 ? undefined : median(values);
 }
 
 /** One line per scenario with the supporting numbers a reader needs to trust the table. */
